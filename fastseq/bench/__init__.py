@@ -1,0 +1,1 @@
+"""The benchmark suite behind `fastseq bench`: fastseq against PyTorch's own path."""

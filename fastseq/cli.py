@@ -1,0 +1,35 @@
+"""The `fastseq` command: each feature module registers its own subcommands here."""
+import argparse
+import importlib
+import sys
+
+# Each module exposes register(subparsers, train_subparsers).
+COMMAND_MODULES = [
+    "fastseq.info",
+    "fastseq.bench.cli",
+]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="fastseq", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = sub.add_parser("train", help="train a model or an agent")
+    train_sub = train.add_subparsers(dest="model", required=True, metavar="MODEL")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub, train_sub)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except (FileNotFoundError, ValueError) as exc:
+        # User errors (missing file, bad setting) read as one line, not a traceback.
+        print(f"fastseq {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

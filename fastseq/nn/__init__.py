@@ -1,0 +1,21 @@
+"""Drop-in replacement for torch.nn: ``import fastseq.nn as nn``.
+
+Everything in torch.nn is re-exported unchanged; the layers fastseq accelerates are
+replaced below by versions with the same constructor, parameters and state_dict.
+"""
+import sys as _sys
+
+import torch.nn as _tnn
+from torch.nn import *  # noqa: F401,F403
+from torch.nn import init, utils, parameter, modules, Parameter, Module  # noqa: F401
+
+from . import functional  # noqa: F401
+
+# `import fastseq.nn.init` / `fastseq.nn.utils.rnn` behave as their torch.nn twins.
+for _name in ("init", "utils", "parameter", "modules"):
+    _sys.modules[__name__ + "." + _name] = getattr(_tnn, _name)
+_sys.modules[__name__ + ".utils.rnn"] = _tnn.utils.rnn
+
+# ---- fused recurrent layers ----
+
+# ---- fused attention and transformer layers ----

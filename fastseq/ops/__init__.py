@@ -1,0 +1,2 @@
+"""Autograd-aware fused ops: one torch.library custom op (with a fake kernel, for
+torch.compile) and one autograd formula per C++ entry point in fastseq._C."""

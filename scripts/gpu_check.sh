@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The one command sent to a lent GPU machine: build with CUDA, run the whole test suite
+# (CUDA tests included) and the CUDA benchmark; logs and tables land in $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/fastseq-gpu}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+{
+  nvidia-smi
+  $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+} > "$OUT/machine.txt" 2>&1
+# Uses the machine's own torch (no network there): build in place with CUDA forced on.
+$PY -m pip install -q --no-build-isolation --no-deps -e . > "$OUT/install.log" 2>&1 || true
+FASTSEQ_CUDA=1 MAX_JOBS=16 $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1
+echo "build rc=$?" | tee -a "$OUT/build.log"
+$PY -m fastseq.info > "$OUT/info.txt" 2>&1
+$PY -m pytest -q -x --timeout=0 tests > "$OUT/tests.log" 2>&1 || $PY -m pytest -q tests > "$OUT/tests.log" 2>&1
+echo "tests rc=$?" | tee -a "$OUT/tests.log"
+$PY -m fastseq bench --device cuda --suite small --out "$OUT/bench_cuda.md" > "$OUT/bench.log" 2>&1
+echo "bench rc=$?" | tee -a "$OUT/bench.log"
+tail -5 "$OUT/tests.log"
