@@ -14,7 +14,6 @@ $(BIN)/python:
 # torch is installed first and pinned on its own: the build runs with
 # --no-build-isolation so pip never fetches a second (CUDA, multi-GB) torch.
 $(STAMP): $(BIN)/python pyproject.toml setup.py
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q setuptools wheel pybind11 ninja
 	$(BIN)/pip install -q --no-build-isolation -e ".[test]"
