@@ -13,8 +13,16 @@ ALGOS = {
 }
 
 
+def _require_gymnasium():
+    try:
+        import gymnasium  # noqa: F401
+    except ImportError:
+        raise ValueError("the RL commands need gymnasium: pip install 'fastseq[rl]'") from None
+
+
 def _algo(name):
     import importlib
+    _require_gymnasium()
     _, module, config_name, train_name = ALGOS[name]
     mod = importlib.import_module(module)
     return getattr(mod, config_name), getattr(mod, train_name)
