@@ -3,10 +3,11 @@ buffer, the learners' update rules, short seeded training runs, checkpoints and 
 import collections
 import dataclasses
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+
+gym = pytest.importorskip("gymnasium")  # the `rl` extra
 
 from fastseq import cli
 from fastseq.rl import (A2CConfig, ActorCritic, DQNConfig, HideVelocity, MLPQNet, RecurrentQNet,
