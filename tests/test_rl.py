@@ -9,7 +9,7 @@ import torch
 
 gym = pytest.importorskip("gymnasium")  # the `rl` extra
 
-from fastseq import cli
+from fastseq import cli  # noqa: E402  (after the gymnasium check)
 from fastseq.rl import (A2CConfig, ActorCritic, DQNConfig, HideVelocity, MLPQNet, RecurrentQNet,
                         ReinforceConfig, ReplayBuffer, LinearSchedule, load_checkpoint, make_env,
                         save_checkpoint, train_a2c, train_dqn, train_reinforce)
