@@ -9,7 +9,7 @@ import torch
 from .envs import check_spaces, make_env
 from .networks import build_network
 from .reinforce import policy_gradient_losses
-from .training import TrainingRun
+from .training import TrainingRun, config_dict
 
 
 @dataclasses.dataclass
@@ -69,7 +69,7 @@ def train_a2c(env_id, config=None, seed=0, out_dir="runs/a2c", hide_velocity=Fal
     model = build_network(spec)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     run = TrainingRun(algo="a2c", env_spec=env_spec, network_spec=spec,
-                      config={k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()},
+                      config=config_dict(config),
                       total_steps=config.total_steps, out_dir=out_dir, eval_episodes=config.eval_episodes,
                       confirm_episodes=config.confirm_episodes, target_return=target, progress=progress)
     T, N = config.rollout_steps, config.num_envs

@@ -11,7 +11,7 @@ from .envs import check_spaces, make_env
 from .networks import build_network
 from .replay import ReplayBuffer
 from .schedules import LinearSchedule
-from .training import TrainingRun
+from .training import TrainingRun, config_dict
 
 
 @dataclasses.dataclass
@@ -120,7 +120,7 @@ def train_dqn(env_id, config=None, seed=0, out_dir="runs/dqn", hide_velocity=Fal
     buffer = ReplayBuffer(config.buffer_size, obs_shape, seed=seed)
     epsilon = LinearSchedule(config.eps_start, config.eps_end, config.eps_fraction * config.total_steps)
     target = env.spec.reward_threshold if env.spec is not None else None
-    run = TrainingRun(algo="dqn", env_spec=env_spec, network_spec=spec, config=_plain(config),
+    run = TrainingRun(algo="dqn", env_spec=env_spec, network_spec=spec, config=config_dict(config),
                       total_steps=config.total_steps, out_dir=out_dir,
                       eval_episodes=config.eval_episodes, confirm_episodes=config.confirm_episodes,
                       target_return=target, progress=progress)
@@ -154,6 +154,3 @@ def train_dqn(env_id, config=None, seed=0, out_dir="runs/dqn", hide_velocity=Fal
     env.close()
     return run.finish(step, qnet)
 
-
-def _plain(config):
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from .envs import check_spaces, make_env
 from .networks import build_network
-from .training import TrainingRun
+from .training import TrainingRun, config_dict
 
 
 @dataclasses.dataclass
@@ -82,7 +82,7 @@ def train_reinforce(env_id, config=None, seed=0, out_dir="runs/reinforce", hide_
     value_opt = torch.optim.Adam(model.value.parameters(), lr=config.value_lr)
     target = env.spec.reward_threshold if env.spec is not None else None
     run = TrainingRun(algo="reinforce", env_spec=env_spec, network_spec=spec,
-                      config={k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()},
+                      config=config_dict(config),
                       total_steps=config.total_steps, out_dir=out_dir, eval_episodes=config.eval_episodes,
                       confirm_episodes=config.confirm_episodes, target_return=target, progress=progress)
     step, next_eval, solved = 0, config.eval_every, False

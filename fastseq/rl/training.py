@@ -1,6 +1,7 @@
 """What every training loop shares: the progress bar, the log of returns and periodic
 evaluations, best/last checkpoints and the return-over-steps plot."""
 import csv
+import dataclasses
 import os
 import sys
 import time
@@ -72,15 +73,19 @@ class TrainingRun:
                         stats={"step": int(step), "selection_eval_mean": float(score),
                                "wall_s": time.perf_counter() - self.start})
 
+    def _at_target(self, score):
+        return self.target_return is not None and score >= self.target_return
+
     def evaluate(self, step, model):
         """Greedy evaluation; keeps the best checkpoint. A score at the target is confirmed on
-        more episodes before it counts. Returns True once the run counts as solved."""
+        more episodes (when confirm_episodes > 0) before it counts. Returns True once the run
+        counts as solved."""
         was_training = model.training
         model.eval()
         try:
             score = float(self.evaluator.run(model, SELECTION_SEED).mean())
             n = len(self.evaluator.envs)
-            if self.target_return is not None and score >= self.target_return and self.confirmer:
+            if self._at_target(score) and self.confirmer is not None:
                 score = float(self.confirmer.run(model, SELECTION_SEED + 1000).mean())
                 n = len(self.confirmer.envs)
         finally:
@@ -89,8 +94,7 @@ class TrainingRun:
         if score > self.best[0]:
             self.best = (score, step)
             self._save(self.best_path, model, step, score)
-        if self.target_return is not None and score >= self.target_return and n == len(
-                self.confirmer.envs if self.confirmer else self.evaluator.envs):
+        if self._at_target(score) and self.solved_at is None:
             self.solved_at = step
         return self.solved_at is not None
 
@@ -117,6 +121,11 @@ class TrainingRun:
             writer = csv.writer(f)
             writer.writerow(["step", "mean_return", "episodes"])
             writer.writerows(self.evals)
+
+
+def config_dict(config):
+    """A config dataclass as plain types (tuples become lists) for the checkpoint."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
 
 
 def plot_returns(run, path):
