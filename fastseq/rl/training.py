@@ -145,7 +145,12 @@ def plot_returns(run, path):
         ax.plot(steps, means, "o-", ms=3, color="tab:red", label="greedy evaluation")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("return")
-    ax.set_title(f"{run.algo} on {run.env_spec['env_id']}")
+    title = f"{run.algo} ({run.network_spec['kind']}) on {run.env_spec['env_id']}"
+    if run.env_spec.get("hide_velocity"):
+        title += ", velocities hidden"
+    if run.env_spec.get("history", 1) > 1:
+        title += f", history {run.env_spec['history']}"
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
