@@ -14,7 +14,9 @@ from .training import TrainingRun, config_dict
 
 @dataclasses.dataclass
 class A2CConfig:
-    total_steps: int = 500_000  # summed over all environments
+    # Summed over all environments; counted in whole rollouts of num_envs * rollout_steps
+    # (128 by default), so a budget is rounded up to the next multiple of that.
+    total_steps: int = 500_000
     num_envs: int = 8
     rollout_steps: int = 16  # per environment, between updates
     lr: float = 1e-3
