@@ -1,0 +1,146 @@
+"""`fastseq train dqn|reinforce|a2c` and `fastseq eval`: train an agent on a Gymnasium
+environment (progress bar, checkpoints, return plot) and evaluate a saved checkpoint."""
+import dataclasses
+import os
+
+ALGOS = {
+    "dqn": ("deep Q-network (replay buffer, target network, epsilon-greedy; MLP or LSTM Q-net)",
+            "fastseq.rl.dqn", "DQNConfig", "train_dqn"),
+    "reinforce": ("REINFORCE policy gradient with a learned value baseline",
+                  "fastseq.rl.reinforce", "ReinforceConfig", "train_reinforce"),
+    "a2c": ("advantage actor-critic over vectorised environments",
+            "fastseq.rl.a2c", "A2CConfig", "train_a2c"),
+}
+
+
+def _require_gymnasium():
+    try:
+        import gymnasium  # noqa: F401
+    except ImportError:
+        raise ValueError("the RL commands need gymnasium: pip install 'fastseq[rl]'") from None
+
+
+def _algo(name):
+    import importlib
+    _require_gymnasium()
+    _, module, config_name, train_name = ALGOS[name]
+    mod = importlib.import_module(module)
+    return getattr(mod, config_name), getattr(mod, train_name)
+
+
+def _parse_value(field, text):
+    """Converts a --set value to the config field's type (bool, int, float, str, tuple of int)."""
+    kind = type(field.default)
+    try:
+        if kind is bool:
+            if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("1", "true", "yes")
+        if kind is tuple:
+            return tuple(int(x) for x in text.split(",") if x)
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"--set {field.name}={text}: expected a {kind.__name__}") from None
+
+
+def build_config(algo, args):
+    config_cls, _ = _algo(algo)
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    values = {}
+    if args.steps is not None:
+        values["total_steps"] = args.steps
+    if args.lr is not None:
+        values["lr"] = args.lr
+    if algo == "dqn":
+        if args.double:
+            values["double"] = True
+        if args.network:
+            values["network"] = args.network
+    if algo == "a2c" and args.num_envs is not None:
+        values["num_envs"] = args.num_envs
+    for item in args.set or []:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        if key not in fields:
+            raise ValueError(f"--set {key}: {algo} has no setting {key!r}; settings are {sorted(fields)}")
+        values[key] = _parse_value(fields[key], text)
+    config = config_cls(**values)
+    config.validate()
+    return config
+
+
+def train(args):
+    import torch
+
+    from .evaluate import evaluate_checkpoint
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = build_config(args.model, args)
+    _, train_fn = _algo(args.model)
+    history = args.history
+    if history is None:
+        history = 8 if getattr(config, "network", "mlp") == "lstm" else 1
+    if history < 1:
+        raise ValueError(f"--history must be >= 1, got {history}")
+    out = args.out or os.path.join("runs", f"{args.model}-{args.env}-seed{args.seed}")
+    summary = train_fn(args.env, config, seed=args.seed, out_dir=out, hide_velocity=args.hide_velocity,
+                       history=history, progress=not args.no_progress)
+    returns, _ = evaluate_checkpoint(summary["best_path"], episodes=args.eval_episodes)
+    print(f"{args.model} on {args.env} (seed {args.seed}): {summary['steps']} env steps in "
+          f"{summary['wall_s']:.1f} s; best checkpoint from step {summary['best_step']}")
+    print(f"greedy evaluation of {summary['best_path']} over {len(returns)} fresh episodes: "
+          f"mean return {returns.mean():.1f} (std {returns.std():.1f}, min {returns.min():.0f})")
+    print(f"plot: {os.path.join(out, 'returns.png')}")
+    return 0
+
+
+def evaluate(args):
+    import torch
+
+    from .evaluate import evaluate_checkpoint
+
+    if args.episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+    torch.set_num_threads(args.threads or 1)
+    returns, payload = evaluate_checkpoint(args.checkpoint, episodes=args.episodes, seed=args.seed)
+    stats = payload.get("stats", {})
+    print(f"{payload['algo']} checkpoint {args.checkpoint} (env {payload['env']['env_id']}, "
+          f"trained {stats.get('step', '?')} steps)")
+    print(f"mean return over {len(returns)} greedy episodes: {returns.mean():.2f} "
+          f"(std {returns.std():.2f}, min {returns.min():.0f}, max {returns.max():.0f})")
+    return 0
+
+
+def register(subparsers, train_subparsers):
+    for name, (help_text, *_rest) in ALGOS.items():
+        p = train_subparsers.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--env", default="CartPole-v1", help="Gymnasium environment id (default CartPole-v1)")
+        p.add_argument("--steps", type=int, help="environment steps to train for (default: the algorithm's budget)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", help="run directory for checkpoints, logs and the plot "
+                                     "(default runs/<algo>-<env>-seed<seed>)")
+        p.add_argument("--lr", type=float, help="learning rate")
+        p.add_argument("--hide-velocity", action="store_true",
+                       help="partially observable CartPole: drop the two velocity components")
+        p.add_argument("--history", type=int, help="stack the last K observations (default 8 with --network lstm, else 1)")
+        if name == "dqn":
+            p.add_argument("--network", choices=["mlp", "lstm"], help="Q-network (default mlp)")
+            p.add_argument("--double", action="store_true", help="Double DQN targets")
+        if name == "a2c":
+            p.add_argument("--num-envs", type=int, help="parallel environments (default 8)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override any setting of the algorithm's config (repeatable)")
+        p.add_argument("--eval-episodes", type=int, default=100,
+                       help="greedy episodes for the final evaluation of the best checkpoint")
+        p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for small nets)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.set_defaults(func=train)
+
+    p = subparsers.add_parser("eval", help="evaluate an RL checkpoint (greedy policy)")
+    p.add_argument("--checkpoint", required=True, help="path to a best.pt / last.pt from fastseq train")
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--seed", type=int, default=10**6, help="episode i resets with seed+i")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=evaluate)
