@@ -7,6 +7,7 @@ import sys
 COMMAND_MODULES = [
     "fastseq.info",
     "fastseq.bench.cli",
+    "fastseq.models.cli",
 ]
 
 
