@@ -120,7 +120,7 @@ def train(kind, args):
 
     metrics = {}
     bar = tqdm(total=args.steps, initial=step, desc=f"train {kind}", unit="step",
-               dynamic_ncols=True, disable=args.quiet or None)
+               disable=args.quiet or None)
     # Throughput over the last 50 steps: a single slow step (another process grabbing the
     # CPU) then neither dominates nor vanishes as it would in a per-step average.
     recent = collections.deque(maxlen=50)
@@ -145,8 +145,8 @@ def train(kind, args):
             last = now
             smooth_loss = value if smooth_loss is None else 0.95 * smooth_loss + 0.05 * value
             tokens_per_s = sum(n for n, _ in recent) / max(sum(t for _, t in recent), 1e-9)
-            bar.set_postfix(loss=f"{smooth_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}",
-                            gnorm=f"{float(grad_norm):.2f}", refresh=False)
+            bar.set_postfix({"loss": f"{smooth_loss:.3f}", "tok/s": f"{tokens_per_s:,.0f}",
+                             "grad norm": f"{float(grad_norm):.2f}"}, refresh=False)
             bar.update(1)
             if step % args.eval_every == 0 or step == args.steps:
                 model.eval()
