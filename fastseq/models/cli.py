@@ -103,12 +103,16 @@ def _checkpoint_args(p):
     p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by fastseq train")
     p.add_argument("--device", default="cpu")
     p.add_argument("--impl", choices=IMPLS, default=None, help="override the layers the model was trained with")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
 
 
 def _load(args, kinds):
     from . import checkpoint
     from .train import resolve_device
 
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     state = checkpoint.load(args.checkpoint, expect_kind=kinds)
     model = checkpoint.build_model(state, impl=args.impl, device=device)

@@ -105,6 +105,7 @@ def train(kind, args):
         scheduler.load_state_dict(state["scheduler"])
         task.load_state_dict(state["task"])
         step, history = state["step"], state["history"]
+        print(f"resuming at step {step}: the model's shape and vocabulary come from the checkpoint")
         if step >= args.steps:
             raise ValueError(f"--steps: the checkpoint is already at step {step}; "
                              f"ask for more than {step} steps to resume")

@@ -66,6 +66,10 @@ def plot_gpt_attention(weights, tokens, path, title=""):
             show = len(tokens) <= 40
             ax.set_xticks(range(len(tokens)) if show else [], labels if show else [], fontsize=6)
             ax.set_yticks(range(len(tokens)) if show else [], labels if show else [], fontsize=6)
+            if head == 0:
+                ax.set_ylabel("query (reading)", fontsize=7)
+            if layer == layers - 1:
+                ax.set_xlabel("key (attended to)", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
