@@ -84,6 +84,17 @@ class GPT(torch.nn.Module):
         self.blocks = nn.ModuleList(Block(nn, functional, d_model, heads, dropout) for _ in range(layers))
         self.ln_f = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size)
+        self._init_weights(nn, layers)
+
+    def _init_weights(self, nn, layers):
+        # GPT-2's scheme: N(0, 0.02) weights, zero biases, and the projections that add
+        # into the residual stream scaled by 1/sqrt(2 * layers) so its variance stays put.
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                std = 0.02 / math.sqrt(2 * layers) if name.endswith(("attn.proj", "mlp.2")) else 0.02
+                nn.init.normal_(module.weight, 0.0, std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
 
     def forward(self, tokens, return_weights: bool = False):
         """tokens (B, T) with T <= context -> logits (B, T, V); with return_weights also a
