@@ -74,9 +74,3 @@ def date_pairs(count: int, seed: int):
         pairs.append((date_in_words(date, rng), date.isoformat()))
     return pairs
 
-
-def source_vocabulary():
-    """Every word the generator can write, so the vocabulary is fixed and complete."""
-    words = set(MONTHS) | set(WEEKDAYS) | set(ONES) | set(TENS.values()) | set(ORDINALS[1:])
-    words |= {"twentieth", "thirtieth", "of", "the", "hundred", "oh", "thousand", "and"}
-    return sorted(words)
