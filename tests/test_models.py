@@ -211,8 +211,9 @@ def test_cell_features_and_ranking():
 def test_cells_and_attention_commands_write_files(hello_charlm, hello_gpt, dates_seq2seq, tmp_path, capsys):
     html = tmp_path / "cells.html"
     assert main(["cells", "--checkpoint", hello_charlm["checkpoint"], "--data", "hello",
-                 "--chars", "200", "--out", str(html)]) == 0
+                 "--chars", "200", "--out", str(html), "--png", str(tmp_path / "cells.png")]) == 0
     page = html.read_text()
+    assert (tmp_path / "cells.png").read_bytes()[:4] == b"\x89PNG"
     assert page.count("<span style=\"background:rgb(") >= 200 and "position in line" in page
     for run in (dates_seq2seq, hello_gpt):
         png = tmp_path / f"{run['model'].kind}.png"

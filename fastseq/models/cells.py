@@ -3,7 +3,7 @@ its value tracks simple per-character features (inside quotes, inside a comment,
 position in the line), and render the best units as coloured text."""
 import torch
 
-from .viz import cells_page, coloured_text_html
+from .viz import cells_page, coloured_text_html, coloured_text_png
 
 
 def text_features(text):
@@ -90,10 +90,15 @@ def rank_units(activations, text, top=3):
     return ranking
 
 
-def cells_report(model, vocab, text, layer=-1, top=3, title="LSTM cells"):
-    """(HTML page, ranking) for the best units of each feature, plus a summary line each."""
+def cells_report(model, vocab, text, layer=-1, top=3, title="LSTM cells", png=None, png_chars=600):
+    """(HTML page, ranking) for the best units of each feature; with png, also a picture
+    of the single best unit per feature over the first png_chars characters."""
     activations = unit_activations(model, vocab, text, layer)
     ranking = rank_units(activations, text, top)
+    if png:
+        coloured_text_png([(f"{feature}: unit {units[0][0]} (correlation {units[0][1]:+.2f})",
+                            text[:png_chars], activations[:png_chars, units[0][0]].tolist())
+                           for feature, units in ranking.items()], png)
     sections = []
     for feature, units in ranking.items():
         for unit, corr in units:

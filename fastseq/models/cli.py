@@ -96,6 +96,7 @@ def register(subparsers, train_subparsers):
     p.add_argument("--layer", type=int, default=-1, help="LSTM layer (default: the last)")
     p.add_argument("--top", type=int, default=2, help="units shown per feature")
     p.add_argument("--out", default="cells.html")
+    p.add_argument("--png", default=None, help="also draw the best unit per feature into this PNG")
     p.set_defaults(func=_run_cells)
 
 
@@ -158,7 +159,7 @@ def _run_attention(args):
             _, weights = model(ids[None].to(next(model.parameters()).device), return_weights=True)
         plot_gpt_attention([w[0].cpu().numpy() for w in weights], list(text[-model.context:]), args.out,
                            title=f"GPT attention on {text[:40]!r}")
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out}" + (f" and {args.png}" if args.png else ""))
     return 0
 
 
@@ -173,11 +174,12 @@ def _run_cells(args):
     if not text:
         raise ValueError(f"--offset: {args.offset} is past the end of --data")
     page, ranking = cells_report(model, vocab, text, args.layer, args.top,
-                                 title=f"LSTM cells of {os.path.basename(args.checkpoint)} on {args.data}")
+                                 title=f"LSTM cells of {os.path.basename(args.checkpoint)} on {args.data}",
+                                 png=args.png)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         f.write(page)
     for feature, units in ranking.items():
         print(f"{feature:<18} " + "  ".join(f"unit {u} ({c:+.2f})" for u, c in units))
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out}" + (f" and {args.png}" if args.png else ""))
     return 0

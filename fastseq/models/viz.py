@@ -76,11 +76,48 @@ def plot_gpt_attention(weights, tokens, path, title=""):
     _save(fig, path)
 
 
-def unit_colour(value: float) -> str:
-    """-1 -> blue, 0 -> white, +1 -> red."""
+def unit_rgb(value: float):
+    """-1 -> blue, 0 -> white, +1 -> red, as 0..255 (r, g, b)."""
     v = max(-1.0, min(1.0, float(value)))
     fade = int(255 * (1 - abs(v)))
-    return f"rgb(255,{fade},{fade})" if v > 0 else f"rgb({fade},{fade},255)"
+    return (255, fade, fade) if v > 0 else (fade, fade, 255)
+
+
+def unit_colour(value: float) -> str:
+    return "rgb({},{},{})".format(*unit_rgb(value))
+
+
+def coloured_text_png(panels, path, width=80, max_lines=12):
+    """panels: list of (caption, text, values) -> one PNG, each text drawn in a monospace
+    grid on its unit's colours (the same view as the HTML, for docs and slides)."""
+    from matplotlib.patches import Rectangle
+
+    grids = []
+    for caption, text, values in panels:
+        cells, row, col = [], 0, 0
+        for ch, v in zip(text, values):
+            if row >= max_lines:
+                break
+            cells.append((row, col, "↵" if ch == "\n" else ch, v))
+            col += 1
+            if ch == "\n" or col >= width:
+                row, col = row + 1, 0
+        grids.append((caption, cells, min(row + 1, max_lines)))
+    total_rows = sum(rows + 2 for _, _, rows in grids)
+    fig = Figure(figsize=(width * 0.085, total_rows * 0.17))
+    ax = fig.add_axes([0, 0, 1, 1])
+    ax.set_xlim(0, width)
+    ax.set_ylim(total_rows, 0)
+    ax.axis("off")
+    top = 0
+    for caption, cells, rows in grids:
+        ax.text(0, top + 1, caption, fontsize=8, fontweight="bold", va="bottom")
+        for row, col, ch, v in cells:
+            y = top + 1.2 + row
+            ax.add_patch(Rectangle((col, y), 1, 1, color=[c / 255 for c in unit_rgb(v)], linewidth=0))
+            ax.text(col + 0.5, y + 0.55, ch, fontsize=7, family="monospace", ha="center", va="center")
+        top += rows + 2
+    _save(fig, path)
 
 
 def coloured_text_html(text, values):
