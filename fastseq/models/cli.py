@@ -159,7 +159,7 @@ def _run_attention(args):
             _, weights = model(ids[None].to(next(model.parameters()).device), return_weights=True)
         plot_gpt_attention([w[0].cpu().numpy() for w in weights], list(text[-model.context:]), args.out,
                            title=f"GPT attention on {text[:40]!r}")
-    print(f"wrote {args.out}" + (f" and {args.png}" if args.png else ""))
+    print(f"wrote {args.out}")
     return 0
 
 
