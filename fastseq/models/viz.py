@@ -56,7 +56,7 @@ def plot_gpt_attention(weights, tokens, path, title=""):
     """weights: list over layers of (heads, T, T) -> a layers x heads grid of heatmaps."""
     layers, heads = len(weights), weights[0].shape[0]
     labels = [repr(t)[1:-1] for t in tokens]
-    size = max(2.2, 0.16 * len(tokens))
+    size = max(1.8, 0.11 * len(tokens))
     fig = Figure(figsize=(size * heads, size * layers))
     for layer, layer_weights in enumerate(weights):
         for head in range(heads):
