@@ -63,15 +63,21 @@ def _walk_markdown(folder):
             yield entry
 
 
+# Left out of the stdlib corpus: tests, third-party packages, and generated tables (codec
+# maps, pydoc's topic dump) that are data rather than code.
+_STDLIB_SKIP_TOP = {"site-packages", "idlelib", "lib2to3", "encodings", "pydoc_data"}
+_STDLIB_SKIP_ANY = {"test", "tests", "idle_test"}
+
+
 def stdlib_text(max_chars: int = 5_000_000) -> str:
     """The Python standard library's own .py files (the analogue of training on the
-    Linux source): test suites and vendored packages are left out, sorted for a fixed
-    order, cut at max_chars so the corpus stays a few MB."""
+    Linux source): tests, vendored packages and generated tables are left out, files
+    sorted for a fixed order, cut at max_chars so the corpus stays a few MB."""
     root = Path(sysconfig.get_paths()["stdlib"])
     parts, total = [], 0
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).parts
-        if rel[0] in ("test", "site-packages", "idlelib", "lib2to3") or "tests" in rel:
+        if rel[0] in _STDLIB_SKIP_TOP or _STDLIB_SKIP_ANY & set(rel):
             continue
         try:
             text = path.read_text(encoding="utf-8")
