@@ -259,3 +259,11 @@ def test_bad_cli_input_gives_clear_errors(argv, message, tmp_path, capsys, hello
 def test_cuda_without_gpu_is_a_clear_error(capsys):
     assert main(["train", "charlm", "--data", "hello", "--device", "cuda", "--quiet"]) == 2
     assert "--device cuda: torch sees no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--seq-len", "--hidden", "--eval-every"])
+def test_non_positive_sizes_are_rejected_by_the_parser(flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "charlm", "--data", "hello", flag, "0"])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: expected a positive integer, got '0'" in capsys.readouterr().err

@@ -12,6 +12,17 @@ MODEL_HELP = {
 }
 
 
+def positive_int(text):
+    """argparse type: sizes and counts must be >= 1 (a 0 would fail deep inside torch)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _common_train_args(p, kind, steps, batch_size, lr, eval_every):
     data_help = ("a text file or folder, or a built-in corpus: shakespeare, stdlib, hello"
                  if kind != "seq2seq" else
@@ -22,11 +33,11 @@ def _common_train_args(p, kind, steps, batch_size, lr, eval_every):
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--impl", choices=IMPLS, default="fastseq",
                    help="fastseq's fused layers or torch.nn's (same weights, for comparison)")
-    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--batch-size", type=positive_int, default=batch_size)
     p.add_argument("--lr", type=float, default=lr, help="peak Adam learning rate")
     p.add_argument("--warmup", type=int, default=-1, help="linear warm-up steps (default: steps/10, at most 100)")
     p.add_argument("--clip", type=float, default=1.0, help="clip gradients to this global norm")
-    p.add_argument("--eval-every", type=int, default=eval_every, help="validate and checkpoint every N steps")
+    p.add_argument("--eval-every", type=positive_int, default=eval_every, help="validate and checkpoint every N steps")
     p.add_argument("--out", default=None, help=f"run folder for checkpoint.pt and loss.png (default runs/{kind})")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                    help="continue from CHECKPOINT (default: the run folder's checkpoint.pt)")
@@ -47,28 +58,28 @@ def _run_train(kind, args):
 def register(subparsers, train_subparsers):
     p = train_subparsers.add_parser("charlm", help=MODEL_HELP["charlm"])
     _common_train_args(p, "charlm", steps=2000, batch_size=32, lr=3e-3, eval_every=250)
-    p.add_argument("--seq-len", type=int, default=100, help="truncated-BPTT chunk length")
-    p.add_argument("--embed", type=int, default=64)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--seq-len", type=positive_int, default=100, help="truncated-BPTT chunk length")
+    p.add_argument("--embed", type=positive_int, default=64)
+    p.add_argument("--hidden", type=positive_int, default=256)
+    p.add_argument("--layers", type=positive_int, default=2)
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--val-fraction", type=float, default=0.05)
 
     p = train_subparsers.add_parser("gpt", help=MODEL_HELP["gpt"])
     _common_train_args(p, "gpt", steps=2000, batch_size=32, lr=1e-3, eval_every=250)
-    p.add_argument("--context", type=int, default=128, help="positions the model sees")
-    p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--context", type=positive_int, default=128, help="positions the model sees")
+    p.add_argument("--d-model", type=positive_int, default=128)
+    p.add_argument("--heads", type=positive_int, default=4)
+    p.add_argument("--layers", type=positive_int, default=4)
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--positions", choices=["learned", "sinusoidal"], default="learned")
     p.add_argument("--val-fraction", type=float, default=0.05)
 
     p = train_subparsers.add_parser("seq2seq", help=MODEL_HELP["seq2seq"])
     _common_train_args(p, "seq2seq", steps=1500, batch_size=64, lr=3e-3, eval_every=250)
-    p.add_argument("--embed", type=int, default=32)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--attn-dim", type=int, default=64)
+    p.add_argument("--embed", type=positive_int, default=32)
+    p.add_argument("--hidden", type=positive_int, default=64)
+    p.add_argument("--attn-dim", type=positive_int, default=64)
 
     p = subparsers.add_parser("sample", help="generate text (charlm, gpt) or translate (seq2seq) from a checkpoint")
     _checkpoint_args(p)
