@@ -8,6 +8,7 @@ COMMAND_MODULES = [
     "fastseq.info",
     "fastseq.bench.cli",
     "fastseq.rl.cli",
+    "fastseq.models.cli",
 ]
 
 

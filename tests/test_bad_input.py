@@ -36,3 +36,39 @@ def test_rl_checkpoint_rejects_foreign_file(tmp_path):
     torch.save({"weight": torch.zeros(2)}, path)
     with pytest.raises(ValueError, match="not a fastseq RL checkpoint"):
         load_checkpoint(str(path))
+
+# models (fastseq train/sample/cells/attention): user errors are one line, exit code 2.
+
+def _model_cli_error(argv, capsys):
+    from fastseq.cli import main
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_models_missing_data_file(tmp_path, capsys):
+    err = _model_cli_error(["train", "charlm", "--data", str(tmp_path / "nope.txt"),
+                            "--out", str(tmp_path), "--quiet"], capsys)
+    assert "--data: no such file or folder" in err and "nope.txt" in err
+
+
+def test_models_empty_corpus(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("")
+    err = _model_cli_error(["train", "gpt", "--data", str(tmp_path / "empty.txt"),
+                            "--out", str(tmp_path), "--quiet"], capsys)
+    assert "is empty (expected some text, got 0 characters)" in err
+
+
+def test_models_checkpoint_of_another_model(tmp_path, capsys):
+    from fastseq.models import Seq2Seq, checkpoint
+    from fastseq.models.vocab import TokenVocab
+
+    path = str(tmp_path / "s2s.pt")
+    checkpoint.save(path, Seq2Seq(5, 5, embed=4, hidden=4, attn_dim=4),
+                    (TokenVocab(["a", "b"]), TokenVocab(["1", "2"])), step=0, history={"train": [], "val": []})
+    err = _model_cli_error(["cells", "--checkpoint", path, "--data", "hello"], capsys)
+    assert "holds a seq2seq model, expected charlm" in err
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    err = _model_cli_error(["sample", "--checkpoint", str(tmp_path / "junk.pt")], capsys)
+    assert "is not a fastseq model checkpoint" in err
