@@ -10,6 +10,7 @@
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -90,8 +91,14 @@ struct Problem {
 
 // Tile sizes: a query tile of rows shares each key/value tile it loads; the key tile bounds
 // the per-thread score buffer (block_q x block_k), kept within L2.
-constexpr int64_t kBlockQ = 64;
-constexpr int64_t kBlockK = 256;
+int64_t env_block(const char* name, int64_t dflt) {
+  const char* v = std::getenv(name);
+  return v ? std::atoll(v) : dflt;
+}
+const int64_t kBlockQ = env_block("FASTSEQ_BQ", 64);
+const int64_t kBlockK = env_block("FASTSEQ_BK", 256);
+const int64_t kBlockQB = env_block("FASTSEQ_BQB", 64);
+const int64_t kBlockKB = env_block("FASTSEQ_BKB", 128);
 
 // A [rows, cols] slab with row stride ld as acc_t: the input itself when it already is acc_t,
 // else converted into buf (bfloat16 -> float), so that BLAS sees float.
@@ -141,11 +148,24 @@ inline void mask_score_row(const Problem<scalar_t>& P, int64_t b, int64_t h, int
   }
 }
 
+// Row maximum over one 64-byte vector of lanes (GCC/Clang vector extension): `a > b ? a : b`
+// is exactly vmaxps, while an omp simd max-reduction stays scalar with gcc 13.
 template <typename acc_t>
 inline acc_t row_max(const acc_t* s, int64_t n) {
-  acc_t m = -std::numeric_limits<acc_t>::infinity();
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < n; ++j) m = std::max(m, s[j]);
+  constexpr int kLanes = 64 / sizeof(acc_t);
+  typedef acc_t lanes_t __attribute__((vector_size(64)));
+  const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
+  lanes_t acc;
+  for (int l = 0; l < kLanes; ++l) acc[l] = ninf;
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    lanes_t x;
+    std::memcpy(&x, s + j, sizeof(x));
+    acc = acc > x ? acc : x;
+  }
+  acc_t m = ninf;
+  for (int l = 0; l < kLanes; ++l) m = m > acc[l] ? m : acc[l];
+  for (; j < n; ++j) m = m > s[j] ? m : s[j];
   return m;
 }
 
@@ -299,8 +319,8 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
   using acc_t = acc_type<scalar_t>;
   constexpr bool kConvert = !std::is_same_v<scalar_t, acc_t>;
   const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev, G = P.group;
-  const int64_t Bq = std::max<int64_t>(1, std::min(kBlockQ, L));
-  const int64_t Bk = std::max<int64_t>(1, std::min<int64_t>(kBlockK / 2, S));
+  const int64_t Bq = std::max<int64_t>(1, std::min(kBlockQB, L));
+  const int64_t Bk = std::max<int64_t>(1, std::min<int64_t>(kBlockKB, S));
   const bool dropout = P.dropout_p > 0.f;
 
   at::parallel_for(0, P.B * P.Hk, 1, [&](int64_t begin, int64_t end) {
@@ -470,7 +490,7 @@ std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_forward_
   std::optional<at::Tensor> weights;
   if (return_weights) weights = at::empty({B, Hq, L, S}, q.options());
   if (out.numel() == 0 && lse.numel() == 0) return {out, lse, weights};
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "attention_forward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attention_forward_cpu", [&] {
     const auto P = make_problem<scalar_t>(q, k, v, attn_mask, dropout_p, is_causal, scale, seed);
     forward_kernel<scalar_t>(P, out.mutable_data_ptr<scalar_t>(),
                              lse.mutable_data_ptr<acc_type<scalar_t>>(),
@@ -499,7 +519,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attent
     gw = grad_weights->contiguous();
   }
   if (dq.numel() + dk.numel() + dv.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "attention_backward_cpu", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attention_backward_cpu", [&] {
       using acc_t = acc_type<scalar_t>;
       const auto P = make_problem<scalar_t>(q, k, v, attn_mask, dropout_p, is_causal, scale, seed);
       BackwardIO<scalar_t> io;
