@@ -341,9 +341,14 @@ def test_torch_compile_fullgraph():
 
 
 def test_public_names():
-    import fastseq.nn as fnn
-    assert fnn.functional.scaled_dot_product_attention is FF.scaled_dot_product_attention
-    assert FF.softmax is F.softmax  # everything else is torch's
+    # In a fresh interpreter: `import fastseq.nn as nn` alone must give fastseq's functional.
+    import subprocess
+    import sys
+    code = ("import fastseq.nn as nn, torch.nn.functional as F; "
+            "assert nn.functional.scaled_dot_product_attention.__module__ == 'fastseq.ops.attention'; "
+            "assert nn.functional.scaled_dot_product_attention_with_weights is not None; "
+            "assert nn.functional.softmax is F.softmax")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # ---- CUDA (skipped without a GPU and a CUDA build) ----

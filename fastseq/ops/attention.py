@@ -125,6 +125,11 @@ attention_forward_with_weights.register_autograd(_backward_with_weights,
 _NAME = "scaled_dot_product_attention"
 
 
+class AttentionArgumentError(ValueError, RuntimeError):
+    """Bad arguments: a ValueError, and a RuntimeError like the errors torch's own
+    scaled_dot_product_attention raises, so code written against torch catches it too."""
+
+
 def _shape(t):
     return list(t.shape)
 
@@ -136,21 +141,21 @@ def _prepare(query, key, value, attn_mask, is_causal, scale, enable_gqa):
         if not isinstance(t, Tensor):
             raise TypeError(f"{_NAME}: {name} must be a Tensor, got {type(t).__name__}")
         if t.dim() < 2:
-            raise ValueError(f"{_NAME}: {name} must have at least 2 dims (..., seq, features), "
+            raise AttentionArgumentError(f"{_NAME}: {name} must have at least 2 dims (..., seq, features), "
                              f"got shape {_shape(t)}")
     for name, t in (("key", key), ("value", value)):
         if t.dtype != query.dtype:
-            raise ValueError(f"{_NAME}: {name} must have query's dtype ({query.dtype}), got {t.dtype}")
+            raise AttentionArgumentError(f"{_NAME}: {name} must have query's dtype ({query.dtype}), got {t.dtype}")
         if t.device != query.device:
-            raise ValueError(f"{_NAME}: {name} must be on query's device ({query.device}), "
+            raise AttentionArgumentError(f"{_NAME}: {name} must be on query's device ({query.device}), "
                              f"got {t.device}")
     L, E = query.shape[-2:]
     S = key.shape[-2]
     if key.shape[-1] != E:
-        raise ValueError(f"{_NAME}: key's last dim must equal query's ({E}), got key shape "
+        raise AttentionArgumentError(f"{_NAME}: key's last dim must equal query's ({E}), got key shape "
                          f"{_shape(key)} for query shape {_shape(query)}")
     if value.shape[-2] != S:
-        raise ValueError(f"{_NAME}: value must have key's sequence length {S} at dim -2, got value "
+        raise AttentionArgumentError(f"{_NAME}: value must have key's sequence length {S} at dim -2, got value "
                          f"shape {_shape(value)} for key shape {_shape(key)}")
     Ev = value.shape[-1]
     has_heads = max(query.dim(), key.dim(), value.dim()) >= 3
@@ -158,20 +163,20 @@ def _prepare(query, key, value, attn_mask, is_causal, scale, enable_gqa):
     Hk = key.shape[-3] if key.dim() >= 3 else 1
     Hv = value.shape[-3] if value.dim() >= 3 else 1
     if Hk != Hv:
-        raise ValueError(f"{_NAME}: key and value must have the same number of heads (dim -3), "
+        raise AttentionArgumentError(f"{_NAME}: key and value must have the same number of heads (dim -3), "
                          f"got key shape {_shape(key)} and value shape {_shape(value)}")
     if Hq != Hk:
         if enable_gqa:
             if Hk == 0 or Hq % Hk != 0:
-                raise ValueError(f"{_NAME}: with enable_gqa, query's heads (dim -3) must be a "
+                raise AttentionArgumentError(f"{_NAME}: with enable_gqa, query's heads (dim -3) must be a "
                                  f"multiple of key's; got query heads {Hq}, key heads {Hk}")
         elif Hk != 1 and Hq != 1:
-            raise ValueError(f"{_NAME}: query heads (dim -3) {Hq} must equal key/value heads {Hk} "
+            raise AttentionArgumentError(f"{_NAME}: query heads (dim -3) {Hq} must equal key/value heads {Hk} "
                              f"(pass enable_gqa=True for grouped-query attention with a multiple)")
     try:
         batch = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3])
     except RuntimeError:
-        raise ValueError(f"{_NAME}: the batch dims (all but the last 3) of query {_shape(query)}, "
+        raise AttentionArgumentError(f"{_NAME}: the batch dims (all but the last 3) of query {_shape(query)}, "
                          f"key {_shape(key)} and value {_shape(value)} must broadcast") from None
     # Without enable_gqa torch broadcasts a single head: one key head serves every query head
     # (the kernels' group = Hq), one query head is expanded over the key heads.
@@ -192,13 +197,13 @@ def _prepare(query, key, value, attn_mask, is_causal, scale, enable_gqa):
         if not isinstance(attn_mask, Tensor):
             raise TypeError(f"{_NAME}: attn_mask must be a Tensor or None, got {type(attn_mask).__name__}")
         if attn_mask.device != query.device:
-            raise ValueError(f"{_NAME}: attn_mask must be on query's device ({query.device}), "
+            raise AttentionArgumentError(f"{_NAME}: attn_mask must be on query's device ({query.device}), "
                              f"got {attn_mask.device}")
         if attn_mask.dtype != torch.bool:
             if attn_mask.dtype == torch.float32 and query.dtype != torch.float32:
                 attn_mask = attn_mask.to(query.dtype)  # torch accepts float32 masks for any dtype
             elif attn_mask.dtype != query.dtype:
-                raise ValueError(f"{_NAME}: attn_mask must be bool, float32 or query's dtype "
+                raise AttentionArgumentError(f"{_NAME}: attn_mask must be bool, float32 or query's dtype "
                                  f"({query.dtype}), got {attn_mask.dtype}")
         full = tuple(batch) + (H, L, S)
         try:
@@ -206,7 +211,7 @@ def _prepare(query, key, value, attn_mask, is_causal, scale, enable_gqa):
         except RuntimeError:
             ok = False
         if not ok:
-            raise ValueError(f"{_NAME}: attn_mask must broadcast to (batch..., heads, L, S) = "
+            raise AttentionArgumentError(f"{_NAME}: attn_mask must broadcast to (batch..., heads, L, S) = "
                              f"{list(full)}, got shape {_shape(attn_mask)}")
         # A view with 0 strides on broadcast dims: the mask is never materialised.
         m4 = attn_mask.expand(full).reshape(B, H, L, S)
@@ -217,7 +222,7 @@ def _prepare(query, key, value, attn_mask, is_causal, scale, enable_gqa):
 
 def _check_dropout(dropout_p):
     if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"{_NAME}: dropout_p must be in [0, 1), got {dropout_p}")
+        raise AttentionArgumentError(f"{_NAME}: dropout_p must be in [0, 1), got {dropout_p}")
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
