@@ -378,3 +378,35 @@ def test_cuda_matches_torch(dtype, causal):
         err = (o.double() - r).abs().max().item()
         torch_err = (t.double() - r).abs().max().item()
         assert err <= 2 * torch_err + 1e-5
+
+
+def test_blas_tile_path_matches_torch():
+    # The BLAS tile products (used without AVX-512) in a fresh process, forced by env.
+    import os
+    import subprocess
+    import sys
+    code = """
+import torch, torch.nn.functional as F
+import fastseq.nn.functional as FF
+from torch.nn.attention import SDPBackend, sdpa_kernel
+torch.manual_seed(0)
+for (L, S, E, Ev, causal, gqa) in [(37, 300, 64, 40, False, False), (70, 45, 16, 16, True, True)]:
+    q = torch.randn(2, 4, L, E, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 2 if gqa else 4, S, E, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 2 if gqa else 4, S, Ev, dtype=torch.float64, requires_grad=True)
+    mask = None if causal else torch.rand(L, S) > 0.2
+    if mask is not None:
+        mask[:, 0] = True
+    out = FF.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
+    with sdpa_kernel(SDPBackend.MATH):
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    o32, w32 = FF.scaled_dot_product_attention_with_weights(q.float(), k.float(), v.float(),
+        attn_mask=mask, is_causal=causal, enable_gqa=gqa)
+    torch.testing.assert_close(o32.double(), ref, atol=1e-5, rtol=0)
+"""
+    env = dict(os.environ, FASTSEQ_ATTN_GEMM="blas")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)

@@ -67,9 +67,13 @@ void gemm_rowmajor(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, 
 
 // With AVX-512 the tiles go through tile_gemm.h's register-blocked kernel: measured ~2.5x
 // the throughput of the BLAS torch links (MKL takes a 256-bit path on AMD) on 64 x 256 x 64
-// tiles, single thread, Zen 5. Elsewhere the BLAS serves.
+// tiles, single thread, Zen 5. Elsewhere, or with FASTSEQ_ATTN_GEMM=blas (tests use it to
+// cover both paths), the BLAS serves.
 #if defined(__AVX512F__)
-constexpr bool kTileGemm = true;
+const bool kTileGemm = [] {
+  const char* v = std::getenv("FASTSEQ_ATTN_GEMM");
+  return !(v && std::strcmp(v, "blas") == 0);
+}();
 #else
 constexpr bool kTileGemm = false;
 #endif
@@ -81,7 +85,7 @@ void tile_product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T
                   const T* A, int64_t lda, const T* B, int64_t ldb, const T* b_packed, T beta,
                   T* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
-  if constexpr (kTileGemm) {
+  if (kTileGemm) {
     const int64_t a_row = trans_a ? 1 : lda, a_col = trans_a ? lda : 1;
     if (trans_b)
       tile_gemm::gemm<T>(M, N, K, alpha, A, a_row, a_col, b_packed, N, beta, C, ldc);
@@ -95,7 +99,7 @@ void tile_product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T
 // Packs a key or value tile [n, d] (row stride ld) as [d, n] for tile_product's trans_b.
 template <typename T>
 const T* pack_transposed(const T* src, int64_t n, int64_t d, int64_t ld, T* buf) {
-  if constexpr (kTileGemm) {
+  if (kTileGemm) {
     tile_gemm::transpose<T>(n, d, src, ld, buf, n);
     return buf;
   }
