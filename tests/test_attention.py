@@ -410,3 +410,28 @@ for (L, S, E, Ev, causal, gqa) in [(37, 300, 64, 40, False, False), (70, 45, 16,
 """
     env = dict(os.environ, FASTSEQ_ATTN_GEMM="blas")
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_with_weights_gqa_float_mask_grad():
+    q, k, v = leaves((2, 4, 7, 8), (2, 2, 10, 8), (2, 2, 10, 6))
+    mask = torch.randn(2, 1, 7, 10, dtype=torch.float64, requires_grad=True)
+    out, w = FF.scaled_dot_product_attention_with_weights(q, k, v, attn_mask=mask, enable_gqa=True)
+    kk, vv = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+    ref_out, ref_w = reference_with_weights(q, kk, vv, mask)
+    torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=0)
+    torch.testing.assert_close(w, ref_w, atol=1e-12, rtol=0)
+    go, gw = torch.randn_like(out), torch.randn_like(w)
+    got = torch.autograd.grad((out, w), (q, k, v, mask), (go, gw))
+    want = torch.autograd.grad((ref_out, ref_w), (q, k, v, mask), (go, gw))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
+
+
+def test_with_weights_bfloat16_close_to_reference():
+    q, k, v = leaves((1, 2, 33, 16), (1, 2, 65, 16), (1, 2, 65, 16))
+    out, w = FF.scaled_dot_product_attention_with_weights(
+        q.bfloat16(), k.bfloat16(), v.bfloat16(), is_causal=True)
+    ref_out, ref_w = reference_with_weights(q, k, v, causal=True)
+    assert out.dtype == w.dtype == torch.bfloat16
+    torch.testing.assert_close(w.double(), ref_w, atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(out.double(), ref_out, atol=3e-2, rtol=1e-2)
