@@ -435,3 +435,19 @@ def test_with_weights_bfloat16_close_to_reference():
     assert out.dtype == w.dtype == torch.bfloat16
     torch.testing.assert_close(w.double(), ref_w, atol=1e-2, rtol=1e-2)
     torch.testing.assert_close(out.double(), ref_out, atol=3e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("Hq,Hk", [(1, 1), (4, 1)])
+def test_backward_split_over_key_tiles(Hq, Hk):
+    # Fewer (batch, key head) units than threads: the backward splits each unit's key tiles
+    # over threads and reduces dQ partial sums.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        q, k, v = leaves((1, Hq, 45, 16), (1, Hk, 700, 16), (1, Hk, 700, 8))
+        check_against_torch(q, k, v, enable_gqa=True)
+        check_against_torch(q, k, v, enable_gqa=True, is_causal=True)
+        mask = torch.randn(45, 700, dtype=torch.float64, requires_grad=True)
+        check_against_torch(q, k, v, enable_gqa=True, attn_mask=mask)
+    finally:
+        torch.set_num_threads(threads)

@@ -401,15 +401,30 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
   const int64_t Bk = std::max<int64_t>(1, std::min<int64_t>(kBlockKB, S));
   const bool dropout = P.dropout_p > 0.f;
 
+  // A task is one (batch, key head) unit, or a share of its key tiles when there are fewer
+  // units than threads: then each share sums dQ into its own partial buffer (reduced at the
+  // end), so that every thread has work. dK and dV of a key tile have a single owner.
+  const int64_t units = P.B * P.Hk;
+  const int64_t n_kv_tiles = (S + Bk - 1) / Bk;
+  const int64_t threads = at::get_num_threads();
+  const int64_t splits =
+      units >= threads ? 1 : std::max<int64_t>(1, std::min(n_kv_tiles, (threads + units - 1) / units));
+  const int64_t tiles_per_split = splits > 1 ? (n_kv_tiles + splits - 1) / splits : n_kv_tiles;
+  const int64_t dq_per_unit = G * L * E;
+  at::Tensor dq_partial;
+  if (splits > 1)
+    dq_partial = at::empty({splits, units, dq_per_unit},
+                           at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
+
   // dQ of the task's query heads is accumulated whole (G x L x E): O(L) per head.
-  const ThreadScratch<acc_t> scratch({G * L, G * L * E, Bk * E, Bk * Ev, Bq * Bk, Bq * Bk,
-                                      dropout ? Bq * Bk : 0, kConvert ? G * L * E : 0,
-                                      kConvert ? G * L * Ev : 0, kConvert ? Bk * E : 0,
-                                      kConvert ? Bk * Ev : 0, kTileGemm ? Bk * E : 0,
-                                      kTileGemm ? Bk * Ev : 0});
-  at::parallel_for(0, P.B * P.Hk, 1, [&](int64_t begin, int64_t end) {
+  const ThreadScratch<acc_t> scratch({G * L, splits > 1 ? 0 : dq_per_unit, Bk * E, Bk * Ev,
+                                      Bq * Bk, Bq * Bk, dropout ? Bq * Bk : 0,
+                                      kConvert ? G * L * E : 0, kConvert ? G * L * Ev : 0,
+                                      kConvert ? Bk * E : 0, kConvert ? Bk * Ev : 0,
+                                      kTileGemm ? Bk * E : 0, kTileGemm ? Bk * Ev : 0});
+  at::parallel_for(0, units * splits, 1, [&](int64_t begin, int64_t end) {
     acc_t* const d_row = scratch.get(0);
-    acc_t* const dq_acc = scratch.get(1);
+    acc_t* const dq_scratch = scratch.get(1);
     acc_t* const dk_acc = scratch.get(2);
     acc_t* const dv_acc = scratch.get(3);
     acc_t* const p_tile = scratch.get(4);
@@ -425,7 +440,13 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
     std::vector<int64_t> q_ld(G), do_ld(G);
 
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / P.Hk, hk = task % P.Hk;
+      const int64_t unit = task / splits, split = task % splits;
+      const int64_t b = unit / P.Hk, hk = unit % P.Hk;
+      acc_t* const dq_acc = splits > 1
+                                ? dq_partial.data_ptr<acc_t>() + (split * units + unit) * dq_per_unit
+                                : dq_scratch;
+      const int64_t k_begin = split * tiles_per_split * Bk;
+      const int64_t k_end = std::min(S, (split + 1) * tiles_per_split * Bk);
       for (int64_t g = 0; g < G; ++g) {
         const int64_t h = hk * G + g, bh = b * P.Hq + h;
         q_heads[g] = as_acc(P.q + b * P.q_sb + h * P.q_sh, L, E, P.q_sl,
@@ -450,8 +471,8 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
       const scalar_t* k_head = P.k + b * P.k_sb + hk * P.k_sh;
       const scalar_t* v_head = P.v + b * P.v_sb + hk * P.v_sh;
 
-      for (int64_t k0 = 0; k0 < S; k0 += Bk) {
-        const int64_t nk = std::min(Bk, S - k0);
+      for (int64_t k0 = k_begin; k0 < k_end; k0 += Bk) {
+        const int64_t nk = std::min(Bk, k_end - k0);
         int64_t ldk, ldv;
         const acc_t* ka = as_acc(k_head + k0 * P.k_ss, nk, E, P.k_ss, k_buf, ldk);
         const acc_t* va = as_acc(v_head + k0 * P.v_ss, nk, Ev, P.v_ss, v_buf, ldv);
@@ -514,13 +535,24 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
         for (int64_t x = 0; x < nk * E; ++x) dk_dst[x] = static_cast<scalar_t>(dk_acc[x]);
         for (int64_t x = 0; x < nk * Ev; ++x) dv_dst[x] = static_cast<scalar_t>(dv_acc[x]);
       }
-      for (int64_t g = 0; g < G; ++g) {
-        scalar_t* dq_dst = io.dq + ((b * P.Hq + hk * G + g) * L) * E;
-        const acc_t* src = dq_acc + g * L * E;
-        for (int64_t x = 0; x < L * E; ++x) dq_dst[x] = static_cast<scalar_t>(src[x]);
+      if (splits == 1) {
+        // A unit's query heads are consecutive: its dQ is one contiguous G x L x E block.
+        scalar_t* dq_dst = io.dq + unit * dq_per_unit;
+        for (int64_t x = 0; x < dq_per_unit; ++x) dq_dst[x] = static_cast<scalar_t>(dq_acc[x]);
       }
     }
   });
+  if (splits > 1) {
+    const acc_t* partial = dq_partial.const_data_ptr<acc_t>();
+    const int64_t n = units * dq_per_unit;
+    at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t x = begin; x < end; ++x) {
+        acc_t sum = 0;
+        for (int64_t sp = 0; sp < splits; ++sp) sum += partial[sp * n + x];
+        io.dq[x] = static_cast<scalar_t>(sum);
+      }
+    });
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
