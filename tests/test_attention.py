@@ -46,6 +46,8 @@ SHAPES = [  # B, H, L, S, E, Ev
     (2, 1, 67, 131, 64, 64),
     (1, 2, 37, 300, 128, 128),
     (1, 1, 300, 29, 24, 40),
+    (2, 4, 1, 600, 24, 64),   # a decoding step: few query rows take the unpacked-key path
+    (1, 3, 9, 290, 72, 8),
 ]
 
 

@@ -79,7 +79,8 @@ constexpr bool kTileGemm = false;
 #endif
 
 // Row-major C[M,N] = alpha * op(A) op(B) + beta * C. A with trans_a is stored [K, M]. B with
-// trans_b is stored [N, K]; tile_gemm then needs it packed as row-major [K, N] in b_packed.
+// trans_b is stored [N, K]; tile_gemm takes it packed as row-major [K, N] in b_packed, or, when
+// b_packed is null (few rows: packing would cost more than it saves), as dot products.
 template <typename T>
 void tile_product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
                   const T* A, int64_t lda, const T* B, int64_t ldb, const T* b_packed, T beta,
@@ -87,7 +88,9 @@ void tile_product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T
   if (M == 0 || N == 0) return;
   if (kTileGemm) {
     const int64_t a_row = trans_a ? 1 : lda, a_col = trans_a ? lda : 1;
-    if (trans_b)
+    if (trans_b && b_packed == nullptr && !trans_a)
+      tile_gemm::gemm_nt<T>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else if (trans_b)
       tile_gemm::gemm<T>(M, N, K, alpha, A, a_row, a_col, b_packed, N, beta, C, ldc);
     else
       tile_gemm::gemm<T>(M, N, K, alpha, A, a_row, a_col, B, ldb, beta, C, ldc);
@@ -96,10 +99,16 @@ void tile_product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T
   }
 }
 
-// Packs a key or value tile [n, d] (row stride ld) as [d, n] for tile_product's trans_b.
+// Below this many query rows per packed key/value tile, the tiles are used as they are
+// (tile_gemm::gemm_nt) rather than transposed: decoding steps (L = 1) are the case.
+constexpr int64_t kMinRowsToPack = 16;
+
+// Packs a key or value tile [n, d] (row stride ld) as [d, n] for tile_product's trans_b, when
+// rows_using_it query rows will multiply it.
 template <typename T>
-const T* pack_transposed(const T* src, int64_t n, int64_t d, int64_t ld, T* buf) {
-  if (kTileGemm) {
+const T* pack_transposed(const T* src, int64_t n, int64_t d, int64_t ld, T* buf,
+                         int64_t rows_using_it) {
+  if (kTileGemm && rows_using_it >= kMinRowsToPack) {
     tile_gemm::transpose<T>(n, d, src, ld, buf, n);
     return buf;
   }
@@ -310,7 +319,7 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
           const int64_t nk = std::min(Bk, kv_end - k0);
           const acc_t* ka = as_acc(k_head + k0 * P.k_ss, nk, E, P.k_ss, k_buf, ldk);
           const acc_t* va = as_acc(v_head + k0 * P.v_ss, nk, Ev, P.v_ss, v_buf, ldv);
-          const acc_t* kt = pack_transposed(ka, nk, E, ldk, kt_buf);
+          const acc_t* kt = pack_transposed(ka, nk, E, ldk, kt_buf, nq);
           tile_product<acc_t>(false, true, nq, nk, E, P.scale, qa, ldq, ka, ldk, kt, 0, s, nk);
           for (int64_t r = 0; r < nq; ++r) {
             acc_t* srow = s + r * nk;
@@ -335,7 +344,7 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
         for (int64_t k0 = 0; k0 < kv_end; k0 += Bk) {
           const int64_t nk = std::min(Bk, kv_end - k0);
           const acc_t* ka = as_acc(k_head + k0 * P.k_ss, nk, E, P.k_ss, k_buf, ldk);
-          const acc_t* kt = pack_transposed(ka, nk, E, ldk, kt_buf);
+          const acc_t* kt = pack_transposed(ka, nk, E, ldk, kt_buf, nq);
           tile_product<acc_t>(false, true, nq, nk, E, P.scale, qa, ldq, ka, ldk, kt, 0, s + k0, lds);
         }
         for (int64_t r = 0; r < nq; ++r) {
@@ -476,8 +485,8 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
         int64_t ldk, ldv;
         const acc_t* ka = as_acc(k_head + k0 * P.k_ss, nk, E, P.k_ss, k_buf, ldk);
         const acc_t* va = as_acc(v_head + k0 * P.v_ss, nk, Ev, P.v_ss, v_buf, ldv);
-        const acc_t* kt = pack_transposed(ka, nk, E, ldk, kt_buf);
-        const acc_t* vt = pack_transposed(va, nk, Ev, ldv, vt_buf);
+        const acc_t* kt = pack_transposed(ka, nk, E, ldk, kt_buf, G * L);
+        const acc_t* vt = pack_transposed(va, nk, Ev, ldv, vt_buf, G * L);
         std::fill(dk_acc, dk_acc + nk * E, acc_t(0));
         std::fill(dv_acc, dv_acc + nk * Ev, acc_t(0));
         // Under causal, rows before k0 see none of these keys.

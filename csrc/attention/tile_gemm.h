@@ -114,6 +114,30 @@ void gemm(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t a_row, i
   }
 }
 
+// C[M, N] = alpha * A B^T + beta * C with A [M, K] and B [N, K] both row-major: dot products
+// along K. For a few rows of A (decoding: one query row), where packing B^T would cost more
+// than the product itself.
+template <typename T>
+void gemm_nt(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
+             int64_t ldb, T beta, T* C, int64_t ldc) {
+  using V = typename Vec<T>::type;
+  constexpr int W = Vec<T>::kLanes;
+  for (int64_t m = 0; m < M; ++m) {
+    const T* a = A + m * lda;
+    for (int64_t n = 0; n < N; ++n) {
+      const T* b = B + n * ldb;
+      V acc = V{};
+      int64_t k = 0;
+      for (; k + W <= K; k += W) acc += load(a + k) * load(b + k);
+      T sum = T(0);
+      for (int l = 0; l < W; ++l) sum += acc[l];
+      for (; k < K; ++k) sum += a[k] * b[k];
+      T* c = C + m * ldc + n;
+      *c = alpha * sum + (beta != T(0) ? beta * *c : T(0));
+    }
+  }
+}
+
 // dst[c * ld_dst + r] = src[r * ld_src + c]: packs K^T or V^T tiles as row-major B operands.
 template <typename T>
 void transpose(int64_t rows, int64_t cols, const T* src, int64_t ld_src, T* dst, int64_t ld_dst) {
