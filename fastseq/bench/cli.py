@@ -12,6 +12,7 @@ from .harness import format_summary, format_table, run_case
 # Each suite module exposes cases(suite: str, device: torch.device) -> list[BenchCase].
 SUITE_MODULES = [
     "fastseq.bench.models",
+    "fastseq.bench.attention",
 ]
 
 
