@@ -8,6 +8,7 @@ import torch
 
 import fastseq.nn as fnn
 import fastseq.nn.functional as fF
+from conftest import requires_cuda
 
 TOL = {torch.float64: dict(rtol=1e-9, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=2e-5)}
 
@@ -316,3 +317,50 @@ def test_gradcheck_small():
         return out, w
 
     assert torch.autograd.gradcheck(f, (q, k, v, *params))
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_device_float32(device, need_weights):
+    E, H, N, L, S = 32, 4, 3, 17, 23
+    ref, fast = make_pair(embed_dim=E, num_heads=H, dtype=torch.float32, batch_first=True)
+    ref.to(device), fast.to(device)
+    q = torch.randn(N, L, E, device=device, requires_grad=True)
+    k = torch.randn(N, S, E, device=device, requires_grad=True)
+    kpm = torch.zeros(N, S, dtype=torch.bool, device=device)
+    kpm[1, 15:] = True
+    am = torch.randn(L, S, device=device)
+    for mask in (dict(key_padding_mask=kpm), dict(key_padding_mask=kpm.float().masked_fill(kpm, float("-inf")),
+                                                  attn_mask=am)):
+        r_out, r_w = ref(q, k, k, need_weights=need_weights, **mask)
+        f_out, f_w = fast(q, k, k, need_weights=need_weights, **mask)
+        torch.testing.assert_close(f_out, r_out, **TOL[torch.float32])
+        if need_weights:
+            torch.testing.assert_close(f_w, r_w, **TOL[torch.float32])
+        gr = torch.autograd.grad(r_out.sum(), [q, k] + list(ref.parameters()))
+        gf = torch.autograd.grad(f_out.sum(), [q, k] + list(fast.parameters()))
+        for a, b in zip(gr, gf):
+            torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
+
+
+@requires_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_low_precision_error_within_twice_torch(dtype, need_weights):
+    """fp16/bf16: fastseq's error against a float64 reference is at most twice torch's."""
+    E, H, N, L, S = 64, 4, 4, 37, 53
+    ref64, _ = make_pair(embed_dim=E, num_heads=H, dtype=torch.float64, batch_first=True)
+    ref64.cuda()
+    ref = torch.nn.MultiheadAttention(E, H, batch_first=True, dtype=dtype, device="cuda")
+    fast = fnn.MultiheadAttention(E, H, batch_first=True, dtype=dtype, device="cuda")
+    ref.load_state_dict(ref64.state_dict()), fast.load_state_dict(ref64.state_dict())
+    q, k = torch.randn(N, L, E, device="cuda"), torch.randn(N, S, E, device="cuda")
+    kpm = torch.zeros(N, S, dtype=torch.bool, device="cuda")
+    kpm[0, 40:] = True
+    gold, gold_w = ref64(q.double(), k.double(), k.double(), key_padding_mask=kpm, need_weights=need_weights)
+    r_out, r_w = ref(q.to(dtype), k.to(dtype), k.to(dtype), key_padding_mask=kpm, need_weights=need_weights)
+    f_out, f_w = fast(q.to(dtype), k.to(dtype), k.to(dtype), key_padding_mask=kpm, need_weights=need_weights)
+    err = lambda a, b: (a.double() - b).abs().max().item()
+    assert err(f_out, gold) <= 2 * err(r_out, gold) + 1e-6
+    if need_weights:
+        assert err(f_w, gold_w) <= 2 * err(r_w, gold_w) + 1e-6
