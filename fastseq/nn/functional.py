@@ -7,3 +7,5 @@ import torch.nn.functional as _F
 globals().update({k: v for k, v in vars(_F).items() if not k.startswith("_") and k not in globals()})
 
 # ---- fused attention ----
+from ..ops.attention import (  # noqa: E402,F401
+    scaled_dot_product_attention, scaled_dot_product_attention_with_weights)

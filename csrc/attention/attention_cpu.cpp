@@ -1,0 +1,522 @@
+// CPU fused attention: a flash-style tiled forward (online softmax, the L x S scores never
+// materialised, row log-sum-exp saved) and a flash-attention-2 backward that recomputes each
+// probability tile from that log-sum-exp. Tile products go to the BLAS torch links.
+#include "attention/attention.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/BFloat16.h>
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "attention/attention_math.h"
+
+extern "C" {
+// MKL / OpenBLAS inside libtorch export the Fortran GEMMs; ATen's cpublas::gemm wrappers are
+// not exported from libtorch, so the tiles call the BLAS directly (single-threaded inside
+// at::parallel_for, as torch's own CPU flash attention does).
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc);
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
+            const double* beta, double* c, const int* ldc);
+}
+
+namespace fastseq {
+namespace {
+
+namespace am = attention_math;
+
+template <typename scalar_t>
+using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+// Row-major C[M,N] = alpha * op(A)[M,K] op(B)[K,N] + beta * C, issued as the column-major
+// BLAS product C^T = op(B)^T op(A)^T.
+inline void blas_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+                      const float* alpha, const float* a, const int* lda, const float* b,
+                      const int* ldb, const float* beta, float* c, const int* ldc) {
+  sgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+inline void blas_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+                      const double* alpha, const double* a, const int* lda, const double* b,
+                      const int* ldb, const double* beta, double* c, const int* ldc) {
+  dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+template <typename T>
+void gemm_rowmajor(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
+                   const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  const char ca = trans_a ? 'T' : 'N', cb = trans_b ? 'T' : 'N';
+  const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
+  const int la = static_cast<int>(std::max<int64_t>(ldb, 1));
+  const int lb = static_cast<int>(std::max<int64_t>(lda, 1));
+  const int lc = static_cast<int>(std::max<int64_t>(ldc, 1));
+  blas_gemm(&cb, &ca, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
+}
+
+enum class MaskKind { kNone, kBool, kAdditive };
+
+// Everything a kernel needs, as raw pointers and strides (0 strides for broadcast dims).
+template <typename scalar_t>
+struct Problem {
+  using acc_t = acc_type<scalar_t>;
+  const scalar_t* q;
+  const scalar_t* k;
+  const scalar_t* v;
+  int64_t B, Hq, Hk, L, S, E, Ev, group;
+  int64_t q_sb, q_sh, q_sl, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss;
+  MaskKind mask_kind = MaskKind::kNone;
+  const uint8_t* mask_bool = nullptr;
+  const scalar_t* mask_add = nullptr;
+  int64_t m_sb = 0, m_sh = 0, m_sl = 0, m_ss = 0;
+  acc_t scale;
+  bool causal;
+  float dropout_p;
+  acc_t keep_scale;
+  uint64_t seed;
+
+  uint32_t dropout_row(int64_t b, int64_t h, int64_t i) const {
+    return static_cast<uint32_t>((b * Hq + h) * L + i);
+  }
+};
+
+// Tile sizes: a query tile of rows shares each key/value tile it loads; the key tile bounds
+// the per-thread score buffer (block_q x block_k), kept within L2.
+constexpr int64_t kBlockQ = 64;
+constexpr int64_t kBlockK = 256;
+
+// A [rows, cols] slab with row stride ld as acc_t: the input itself when it already is acc_t,
+// else converted into buf (bfloat16 -> float), so that BLAS sees float.
+template <typename scalar_t, typename acc_t>
+const acc_t* as_acc(const scalar_t* src, int64_t rows, int64_t cols, int64_t ld, acc_t* buf,
+                    int64_t& ld_out) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    ld_out = ld;
+    return src;
+  } else {
+    for (int64_t r = 0; r < rows; ++r) {
+      const scalar_t* s = src + r * ld;
+      acc_t* d = buf + r * cols;
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) d[c] = static_cast<acc_t>(s[c]);
+    }
+    ld_out = cols;
+    return buf;
+  }
+}
+
+// Applies attn_mask and the causal cut to the scaled scores of row i, keys [k0, k0 + n).
+template <typename scalar_t, typename acc_t>
+inline void mask_score_row(const Problem<scalar_t>& P, int64_t b, int64_t h, int64_t i, int64_t k0,
+                           int64_t n, acc_t* s) {
+  const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
+  if (P.mask_kind == MaskKind::kBool) {
+    const uint8_t* m = P.mask_bool + b * P.m_sb + h * P.m_sh + i * P.m_sl + k0 * P.m_ss;
+    if (P.m_ss == 1) {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) s[j] = m[j] ? s[j] : ninf;
+    } else {
+      for (int64_t j = 0; j < n; ++j) s[j] = m[j * P.m_ss] ? s[j] : ninf;
+    }
+  } else if (P.mask_kind == MaskKind::kAdditive) {
+    const scalar_t* m = P.mask_add + b * P.m_sb + h * P.m_sh + i * P.m_sl + k0 * P.m_ss;
+    if (P.m_ss == 1) {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) s[j] += static_cast<acc_t>(m[j]);
+    } else {
+      for (int64_t j = 0; j < n; ++j) s[j] += static_cast<acc_t>(m[j * P.m_ss]);
+    }
+  }
+  if (P.causal) {
+    // torch's is_causal keeps the lower triangle of ones(L, S): key j is seen by row i iff j <= i.
+    for (int64_t j = std::max<int64_t>(0, i + 1 - k0); j < n; ++j) s[j] = ninf;
+  }
+}
+
+template <typename acc_t>
+inline acc_t row_max(const acc_t* s, int64_t n) {
+  acc_t m = -std::numeric_limits<acc_t>::infinity();
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, s[j]);
+  return m;
+}
+
+// s[j] <- exp(s[j] - shift); returns the sum.
+template <typename acc_t>
+inline acc_t exp_and_sum(acc_t* s, int64_t n, acc_t shift) {
+  acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t p = am::fast_exp(s[j] - shift);
+    s[j] = p;
+    sum += p;
+  }
+  return sum;
+}
+
+template <typename scalar_t, typename acc_t>
+inline void apply_dropout_row(const Problem<scalar_t>& P, uint32_t row, int64_t k0, int64_t n,
+                              acc_t* s) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j)
+    s[j] *= am::dropout_factor<acc_t>(P.seed, row, static_cast<uint32_t>(k0 + j), P.dropout_p,
+                                      P.keep_scale);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward. One task = one (batch, head, query tile); each keeps its tile's running max, sum
+// and output accumulator while it streams the key/value tiles (online softmax).
+
+template <typename scalar_t>
+void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t>* lse,
+                    scalar_t* weights) {
+  using acc_t = acc_type<scalar_t>;
+  constexpr bool kConvert = !std::is_same_v<scalar_t, acc_t>;
+  const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev;
+  const int64_t Bq = std::min(kBlockQ, L), Bk = std::max<int64_t>(1, std::min(kBlockK, S));
+  const int64_t n_q_tiles = (L + Bq - 1) / Bq;
+  const bool dropout = P.dropout_p > 0.f;
+  const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
+
+  at::parallel_for(0, P.B * P.Hq * n_q_tiles, 1, [&](int64_t begin, int64_t end) {
+    // Per-thread tiles; with weights the scores of whole rows are kept (they are an output).
+    std::vector<acc_t> scores(Bq * (weights ? std::max<int64_t>(S, 1) : Bk));
+    std::vector<acc_t> acc_out(Bq * Ev), m_run(Bq), l_run(Bq);
+    std::vector<acc_t> q_buf(kConvert ? Bq * E : 0), k_buf(kConvert ? Bk * E : 0),
+        v_buf(kConvert ? Bk * Ev : 0);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t qt = task % n_q_tiles, bh = task / n_q_tiles;
+      const int64_t h = bh % P.Hq, b = bh / P.Hq, hk = h / P.group;
+      const int64_t q0 = qt * Bq, nq = std::min(Bq, L - q0);
+      int64_t ldq, ldk, ldv;
+      const acc_t* qa = as_acc(P.q + b * P.q_sb + h * P.q_sh + q0 * P.q_sl, nq, E, P.q_sl,
+                               q_buf.data(), ldq);
+      const scalar_t* k_head = P.k + b * P.k_sb + hk * P.k_sh;
+      const scalar_t* v_head = P.v + b * P.v_sb + hk * P.v_sh;
+      // Under causal, keys past the tile's last row are masked for every row: never loaded.
+      const int64_t kv_end = P.causal ? std::min(S, q0 + nq) : S;
+      acc_t* s = scores.data();
+      acc_t* o = acc_out.data();
+      std::fill(o, o + nq * Ev, acc_t(0));
+
+      if (weights == nullptr) {
+        std::fill(m_run.begin(), m_run.begin() + nq, ninf);
+        std::fill(l_run.begin(), l_run.begin() + nq, acc_t(0));
+        for (int64_t k0 = 0; k0 < kv_end; k0 += Bk) {
+          const int64_t nk = std::min(Bk, kv_end - k0);
+          const acc_t* ka = as_acc(k_head + k0 * P.k_ss, nk, E, P.k_ss, k_buf.data(), ldk);
+          const acc_t* va = as_acc(v_head + k0 * P.v_ss, nk, Ev, P.v_ss, v_buf.data(), ldv);
+          gemm_rowmajor<acc_t>(false, true, nq, nk, E, P.scale, qa, ldq, ka, ldk, 0, s, nk);
+          for (int64_t r = 0; r < nq; ++r) {
+            acc_t* srow = s + r * nk;
+            mask_score_row(P, b, h, q0 + r, k0, nk, srow);
+            const auto step = am::online_softmax_step(m_run[r], row_max(srow, nk));
+            const acc_t sum = exp_and_sum(srow, nk, am::softmax_shift(step.m_new));
+            l_run[r] = l_run[r] * step.rescale + sum;
+            m_run[r] = step.m_new;
+            if (step.rescale != acc_t(1)) {
+              acc_t* orow = o + r * Ev;
+#pragma omp simd
+              for (int64_t e = 0; e < Ev; ++e) orow[e] *= step.rescale;
+            }
+            if (dropout) apply_dropout_row(P, P.dropout_row(b, h, q0 + r), k0, nk, srow);
+          }
+          gemm_rowmajor<acc_t>(false, false, nq, Ev, nk, 1, s, nk, va, ldv, 1, o, Ev);
+        }
+      } else {
+        // Weights wanted: the rows are materialised anyway (they are the output), so the exact
+        // two-step softmax is cheaper than rescaling.
+        const int64_t lds = std::max<int64_t>(S, 1);
+        for (int64_t k0 = 0; k0 < kv_end; k0 += Bk) {
+          const int64_t nk = std::min(Bk, kv_end - k0);
+          const acc_t* ka = as_acc(k_head + k0 * P.k_ss, nk, E, P.k_ss, k_buf.data(), ldk);
+          gemm_rowmajor<acc_t>(false, true, nq, nk, E, P.scale, qa, ldq, ka, ldk, 0, s + k0, lds);
+        }
+        for (int64_t r = 0; r < nq; ++r) {
+          const int64_t i = q0 + r;
+          acc_t* srow = s + r * lds;
+          mask_score_row(P, b, h, i, 0, kv_end, srow);
+          const acc_t m = row_max(srow, kv_end);
+          const acc_t sum = exp_and_sum(srow, kv_end, am::softmax_shift(m));
+          const acc_t inv = am::inverse_row_sum(sum);
+#pragma omp simd
+          for (int64_t j = 0; j < kv_end; ++j) srow[j] *= inv;
+          std::fill(srow + kv_end, srow + S, acc_t(0));
+          if (dropout) apply_dropout_row(P, P.dropout_row(b, h, i), 0, kv_end, srow);
+          m_run[r] = m;
+          l_run[r] = sum;
+          scalar_t* wrow = weights + ((b * P.Hq + h) * L + i) * S;
+          for (int64_t j = 0; j < S; ++j) wrow[j] = static_cast<scalar_t>(srow[j]);
+        }
+        for (int64_t k0 = 0; k0 < kv_end; k0 += Bk) {
+          const int64_t nk = std::min(Bk, kv_end - k0);
+          const acc_t* va = as_acc(v_head + k0 * P.v_ss, nk, Ev, P.v_ss, v_buf.data(), ldv);
+          gemm_rowmajor<acc_t>(false, false, nq, Ev, nk, 1, s + k0, lds, va, ldv, 1, o, Ev);
+        }
+      }
+
+      for (int64_t r = 0; r < nq; ++r) {
+        const int64_t row = (b * P.Hq + h) * L + q0 + r;
+        const acc_t inv = weights ? acc_t(1) : am::inverse_row_sum(l_run[r]);
+        scalar_t* dst = out + row * Ev;
+        const acc_t* src = o + r * Ev;
+        for (int64_t e = 0; e < Ev; ++e) dst[e] = static_cast<scalar_t>(src[e] * inv);
+        lse[row] = am::row_logsumexp(m_run[r], l_run[r]);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward. One task = one (batch, key head): it owns dK and dV of its head (summed over the
+// query heads that share it under GQA), streams key tiles and, for each, every query tile
+// that can see it, recomputing P = exp(scale * Q K^T + mask - lse).
+
+template <typename scalar_t>
+struct BackwardIO {
+  using acc_t = acc_type<scalar_t>;
+  const scalar_t* grad_out;      // [B, Hq, L, Ev] contiguous
+  const scalar_t* out;           // [B, Hq, L, Ev] contiguous
+  const acc_t* lse;              // [B, Hq, L]
+  const scalar_t* weights;       // [B, Hq, L, S] contiguous, or null
+  const scalar_t* grad_weights;  // [B, Hq, L, S] contiguous, or null
+  scalar_t* dq;                  // [B, Hq, L, E]
+  scalar_t* dk;                  // [B, Hk, S, E]
+  scalar_t* dv;                  // [B, Hk, S, Ev]
+  acc_t* dmask;                  // [B, Hq, L, S] or null
+};
+
+template <typename scalar_t>
+void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io) {
+  using acc_t = acc_type<scalar_t>;
+  constexpr bool kConvert = !std::is_same_v<scalar_t, acc_t>;
+  const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev, G = P.group;
+  const int64_t Bq = std::max<int64_t>(1, std::min(kBlockQ, L));
+  const int64_t Bk = std::max<int64_t>(1, std::min<int64_t>(kBlockK / 2, S));
+  const bool dropout = P.dropout_p > 0.f;
+
+  at::parallel_for(0, P.B * P.Hk, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> d_row(G * L), dq_acc(G * L * E), dk_acc(Bk * E), dv_acc(Bk * Ev);
+    std::vector<acc_t> p_tile(Bq * Bk), dp_tile(Bq * Bk), pd_tile(dropout ? Bq * Bk : 0);
+    std::vector<acc_t> q_full(kConvert ? G * L * E : 0), do_full(kConvert ? G * L * Ev : 0);
+    std::vector<acc_t> k_buf(kConvert ? Bk * E : 0), v_buf(kConvert ? Bk * Ev : 0);
+    std::vector<const acc_t*> q_heads(G), do_heads(G);
+    std::vector<int64_t> q_ld(G), do_ld(G);
+
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / P.Hk, hk = task % P.Hk;
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t h = hk * G + g, bh = b * P.Hq + h;
+        q_heads[g] = as_acc(P.q + b * P.q_sb + h * P.q_sh, L, E, P.q_sl,
+                            kConvert ? q_full.data() + g * L * E : nullptr, q_ld[g]);
+        do_heads[g] = as_acc(io.grad_out + bh * L * Ev, L, Ev, Ev,
+                             kConvert ? do_full.data() + g * L * Ev : nullptr, do_ld[g]);
+        // D = rowsum(dO * O) (+ rowsum(W * dW)): the softmax backward's per-row constant.
+        for (int64_t i = 0; i < L; ++i) {
+          const scalar_t* orow = io.out + (bh * L + i) * Ev;
+          const acc_t* dorow = do_heads[g] + i * do_ld[g];
+          acc_t d = 0;
+          for (int64_t e = 0; e < Ev; ++e) d += dorow[e] * static_cast<acc_t>(orow[e]);
+          if (io.grad_weights) {
+            const scalar_t* w = io.weights + (bh * L + i) * S;
+            const scalar_t* dw = io.grad_weights + (bh * L + i) * S;
+            for (int64_t j = 0; j < S; ++j) d += static_cast<acc_t>(w[j]) * static_cast<acc_t>(dw[j]);
+          }
+          d_row[g * L + i] = d;
+        }
+      }
+      std::fill(dq_acc.begin(), dq_acc.end(), acc_t(0));
+      const scalar_t* k_head = P.k + b * P.k_sb + hk * P.k_sh;
+      const scalar_t* v_head = P.v + b * P.v_sb + hk * P.v_sh;
+
+      for (int64_t k0 = 0; k0 < S; k0 += Bk) {
+        const int64_t nk = std::min(Bk, S - k0);
+        int64_t ldk, ldv;
+        const acc_t* ka = as_acc(k_head + k0 * P.k_ss, nk, E, P.k_ss, k_buf.data(), ldk);
+        const acc_t* va = as_acc(v_head + k0 * P.v_ss, nk, Ev, P.v_ss, v_buf.data(), ldv);
+        std::fill(dk_acc.begin(), dk_acc.begin() + nk * E, acc_t(0));
+        std::fill(dv_acc.begin(), dv_acc.begin() + nk * Ev, acc_t(0));
+        // Under causal, rows before k0 see none of these keys.
+        const int64_t q_begin = P.causal ? (k0 / Bq) * Bq : 0;
+        for (int64_t g = 0; g < G; ++g) {
+          const int64_t h = hk * G + g, bh = b * P.Hq + h;
+          for (int64_t q0 = q_begin; q0 < L; q0 += Bq) {
+            const int64_t nq = std::min(Bq, L - q0);
+            const acc_t* qa = q_heads[g] + q0 * q_ld[g];
+            const acc_t* doa = do_heads[g] + q0 * do_ld[g];
+            acc_t* p = p_tile.data();
+            acc_t* dp = dp_tile.data();
+            gemm_rowmajor<acc_t>(false, true, nq, nk, E, P.scale, qa, q_ld[g], ka, ldk, 0, p, nk);
+            for (int64_t r = 0; r < nq; ++r) {
+              acc_t* prow = p + r * nk;
+              mask_score_row(P, b, h, q0 + r, k0, nk, prow);
+              const acc_t l = io.lse[bh * L + q0 + r];
+#pragma omp simd
+              for (int64_t j = 0; j < nk; ++j) prow[j] = am::prob_from_lse(prow[j], l);
+            }
+            const acc_t* pv = p;  // the probabilities that multiplied V in the forward
+            if (dropout) {
+              std::copy(p, p + nq * nk, pd_tile.data());
+              for (int64_t r = 0; r < nq; ++r)
+                apply_dropout_row(P, P.dropout_row(b, h, q0 + r), k0, nk, pd_tile.data() + r * nk);
+              pv = pd_tile.data();
+            }
+            // dV += Pd^T dO ; dP = dO V^T
+            gemm_rowmajor<acc_t>(true, false, nk, Ev, nq, 1, pv, nk, doa, do_ld[g], 1,
+                                 dv_acc.data(), Ev);
+            gemm_rowmajor<acc_t>(false, true, nq, nk, Ev, 1, doa, do_ld[g], va, ldv, 0, dp, nk);
+            for (int64_t r = 0; r < nq; ++r) {
+              const int64_t i = q0 + r;
+              acc_t* dprow = dp + r * nk;
+              const acc_t* prow = p + r * nk;
+              if (io.grad_weights) {
+                const scalar_t* dw = io.grad_weights + (bh * L + i) * S + k0;
+                for (int64_t j = 0; j < nk; ++j) dprow[j] += static_cast<acc_t>(dw[j]);
+              }
+              if (dropout) apply_dropout_row(P, P.dropout_row(b, h, i), k0, nk, dprow);
+              const acc_t d = d_row[g * L + i];
+#pragma omp simd
+              for (int64_t j = 0; j < nk; ++j) dprow[j] = am::softmax_grad(prow[j], dprow[j], d);
+              if (io.dmask) std::memcpy(io.dmask + (bh * L + i) * S + k0, dprow, nk * sizeof(acc_t));
+            }
+            // dQ += scale dS K ; dK += scale dS^T Q
+            gemm_rowmajor<acc_t>(false, false, nq, E, nk, P.scale, dp, nk, ka, ldk, 1,
+                                 dq_acc.data() + (g * L + q0) * E, E);
+            gemm_rowmajor<acc_t>(true, false, nk, E, nq, P.scale, dp, nk, qa, q_ld[g], 1,
+                                 dk_acc.data(), E);
+          }
+        }
+        scalar_t* dk_dst = io.dk + ((b * P.Hk + hk) * S + k0) * E;
+        scalar_t* dv_dst = io.dv + ((b * P.Hk + hk) * S + k0) * Ev;
+        for (int64_t x = 0; x < nk * E; ++x) dk_dst[x] = static_cast<scalar_t>(dk_acc[x]);
+        for (int64_t x = 0; x < nk * Ev; ++x) dv_dst[x] = static_cast<scalar_t>(dv_acc[x]);
+      }
+      for (int64_t g = 0; g < G; ++g) {
+        scalar_t* dq_dst = io.dq + ((b * P.Hq + hk * G + g) * L) * E;
+        const acc_t* src = dq_acc.data() + g * L * E;
+        for (int64_t x = 0; x < L * E; ++x) dq_dst[x] = static_cast<scalar_t>(src[x]);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+
+// BLAS needs unit stride along a row and a row stride covering the row.
+at::Tensor blas_ready(const at::Tensor& t) {
+  const bool ok = t.stride(3) == 1 && (t.size(2) <= 1 || t.stride(2) >= t.size(3));
+  return ok ? t : t.contiguous();
+}
+
+template <typename scalar_t>
+Problem<scalar_t> make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const std::optional<at::Tensor>& mask, double dropout_p,
+                               bool is_causal, double scale, int64_t seed) {
+  using acc_t = acc_type<scalar_t>;
+  Problem<scalar_t> P;
+  P.q = q.const_data_ptr<scalar_t>();
+  P.k = k.const_data_ptr<scalar_t>();
+  P.v = v.const_data_ptr<scalar_t>();
+  P.B = q.size(0);
+  P.Hq = q.size(1);
+  P.Hk = k.size(1);
+  P.L = q.size(2);
+  P.S = k.size(2);
+  P.E = q.size(3);
+  P.Ev = v.size(3);
+  P.group = P.Hq / P.Hk;
+  P.q_sb = q.stride(0), P.q_sh = q.stride(1), P.q_sl = q.stride(2);
+  P.k_sb = k.stride(0), P.k_sh = k.stride(1), P.k_ss = k.stride(2);
+  P.v_sb = v.stride(0), P.v_sh = v.stride(1), P.v_ss = v.stride(2);
+  if (mask) {
+    const at::Tensor& m = *mask;
+    if (m.scalar_type() == at::kBool) {
+      P.mask_kind = MaskKind::kBool;
+      P.mask_bool = reinterpret_cast<const uint8_t*>(m.const_data_ptr<bool>());
+    } else {
+      P.mask_kind = MaskKind::kAdditive;
+      P.mask_add = m.const_data_ptr<scalar_t>();
+    }
+    P.m_sb = m.stride(0), P.m_sh = m.stride(1), P.m_sl = m.stride(2), P.m_ss = m.stride(3);
+  }
+  P.scale = static_cast<acc_t>(scale);
+  P.causal = is_causal;
+  P.dropout_p = static_cast<float>(dropout_p);
+  P.keep_scale = dropout_p > 0 ? static_cast<acc_t>(1.0 / (1.0 - dropout_p)) : acc_t(1);
+  P.seed = static_cast<uint64_t>(seed);
+  return P;
+}
+
+at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_forward_cpu(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal, double scale,
+    int64_t seed, bool return_weights) {
+  const at::Tensor q = blas_ready(query), k = blas_ready(key), v = blas_ready(value);
+  const int64_t B = q.size(0), Hq = q.size(1), L = q.size(2), S = k.size(2), Ev = v.size(3);
+  at::Tensor out = at::empty({B, Hq, L, Ev}, q.options());
+  at::Tensor lse = at::empty({B, Hq, L}, q.options().dtype(acc_dtype(q.scalar_type())));
+  std::optional<at::Tensor> weights;
+  if (return_weights) weights = at::empty({B, Hq, L, S}, q.options());
+  if (out.numel() == 0 && lse.numel() == 0) return {out, lse, weights};
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "attention_forward_cpu", [&] {
+    const auto P = make_problem<scalar_t>(q, k, v, attn_mask, dropout_p, is_causal, scale, seed);
+    forward_kernel<scalar_t>(P, out.mutable_data_ptr<scalar_t>(),
+                             lse.mutable_data_ptr<acc_type<scalar_t>>(),
+                             weights ? weights->mutable_data_ptr<scalar_t>() : nullptr);
+  });
+  return {out, lse, weights};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_backward_cpu(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_weights,
+    const std::optional<at::Tensor>& weights, const at::Tensor& query, const at::Tensor& key,
+    const at::Tensor& value, const at::Tensor& out, const at::Tensor& lse,
+    const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal, double scale,
+    int64_t seed, bool mask_grad) {
+  const at::Tensor q = blas_ready(query), k = blas_ready(key), v = blas_ready(value);
+  const at::Tensor go = grad_out.contiguous(), o = out.contiguous(), l = lse.contiguous();
+  const int64_t B = q.size(0), Hq = q.size(1), L = q.size(2), S = k.size(2);
+  at::Tensor dq = at::empty(q.sizes(), q.options());
+  at::Tensor dk = at::empty(k.sizes(), k.options());
+  at::Tensor dv = at::empty(v.sizes(), v.options());
+  std::optional<at::Tensor> dmask;
+  if (mask_grad) dmask = at::zeros({B, Hq, L, S}, q.options().dtype(acc_dtype(q.scalar_type())));
+  std::optional<at::Tensor> w, gw;
+  if (grad_weights) {
+    w = weights->contiguous();
+    gw = grad_weights->contiguous();
+  }
+  if (dq.numel() + dk.numel() + dv.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "attention_backward_cpu", [&] {
+      using acc_t = acc_type<scalar_t>;
+      const auto P = make_problem<scalar_t>(q, k, v, attn_mask, dropout_p, is_causal, scale, seed);
+      BackwardIO<scalar_t> io;
+      io.grad_out = go.const_data_ptr<scalar_t>();
+      io.out = o.const_data_ptr<scalar_t>();
+      io.lse = l.const_data_ptr<acc_t>();
+      io.weights = w ? w->const_data_ptr<scalar_t>() : nullptr;
+      io.grad_weights = gw ? gw->const_data_ptr<scalar_t>() : nullptr;
+      io.dq = dq.mutable_data_ptr<scalar_t>();
+      io.dk = dk.mutable_data_ptr<scalar_t>();
+      io.dv = dv.mutable_data_ptr<scalar_t>();
+      io.dmask = dmask ? dmask->mutable_data_ptr<acc_t>() : nullptr;
+      backward_kernel<scalar_t>(P, io);
+    });
+  }
+  if (dmask && dmask->scalar_type() != q.scalar_type()) dmask = dmask->to(q.scalar_type());
+  return {dq, dk, dv, dmask};
+}
+
+}  // namespace fastseq

@@ -1,0 +1,263 @@
+"""Fused scaled-dot-product attention: torch.library custom ops around fastseq._C (fake
+kernels for torch.compile, autograd through the fused backward) and the functional API
+with torch.nn.functional.scaled_dot_product_attention's semantics."""
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .._ext import _C
+
+# ---------------------------------------------------------------------------------------
+# Custom ops over 4-D problems: query [B, Hq, L, E], key [B, Hk, S, E], value [B, Hk, S, Ev],
+# attn_mask [B, Hq, L, S] (any strides). `seed` is drawn inside the forward (so torch.compile
+# sees no .item()) from torch's default generator and handed to the backward, which
+# regenerates the dropout mask from it.
+
+
+def _acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _draw_seed(dropout_p: float) -> Tensor:
+    if dropout_p > 0.0:
+        return torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64)
+    return torch.zeros((), dtype=torch.int64)
+
+
+@torch.library.custom_op("fastseq::attention_forward", mutates_args=())
+def attention_forward(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor],
+                      dropout_p: float, is_causal: bool, scale: float) -> Tuple[Tensor, Tensor, Tensor]:
+    seed = _draw_seed(dropout_p)
+    out, lse, _ = _C.attention_forward(query, key, value, attn_mask, dropout_p, is_causal, scale,
+                                       int(seed), False)
+    return out, lse, seed
+
+
+@torch.library.custom_op("fastseq::attention_forward_with_weights", mutates_args=())
+def attention_forward_with_weights(query: Tensor, key: Tensor, value: Tensor,
+                                   attn_mask: Optional[Tensor], dropout_p: float, is_causal: bool,
+                                   scale: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    seed = _draw_seed(dropout_p)
+    out, lse, weights = _C.attention_forward(query, key, value, attn_mask, dropout_p, is_causal,
+                                             scale, int(seed), True)
+    return out, lse, seed, weights
+
+
+@torch.library.custom_op("fastseq::attention_backward", mutates_args=())
+def attention_backward(grad_out: Tensor, grad_weights: Optional[Tensor], weights: Optional[Tensor],
+                       query: Tensor, key: Tensor, value: Tensor, out: Tensor, lse: Tensor,
+                       attn_mask: Optional[Tensor], dropout_p: float, is_causal: bool, scale: float,
+                       seed: Tensor, mask_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    dq, dk, dv, dmask = _C.attention_backward(grad_out, grad_weights, weights, query, key, value, out,
+                                              lse, attn_mask, dropout_p, is_causal, scale, int(seed),
+                                              mask_grad)
+    # A custom op cannot return None: no mask gradient is an empty tensor.
+    return dq, dk, dv, dmask if dmask is not None else query.new_empty(0)
+
+
+def _fake_forward(query, key, value, attn_mask, dropout_p, is_causal, scale):
+    B, Hq, L, _ = query.shape
+    out = query.new_empty((B, Hq, L, value.shape[-1]))
+    lse = query.new_empty((B, Hq, L), dtype=_acc_dtype(query.dtype))
+    seed = torch.empty((), dtype=torch.int64)
+    return out, lse, seed
+
+
+@attention_forward.register_fake
+def _(query, key, value, attn_mask, dropout_p, is_causal, scale):
+    return _fake_forward(query, key, value, attn_mask, dropout_p, is_causal, scale)
+
+
+@attention_forward_with_weights.register_fake
+def _(query, key, value, attn_mask, dropout_p, is_causal, scale):
+    out, lse, seed = _fake_forward(query, key, value, attn_mask, dropout_p, is_causal, scale)
+    B, Hq, L, _ = query.shape
+    return out, lse, seed, query.new_empty((B, Hq, L, key.shape[-2]))
+
+
+@attention_backward.register_fake
+def _(grad_out, grad_weights, weights, query, key, value, out, lse, attn_mask, dropout_p, is_causal,
+      scale, seed, mask_grad):
+    dmask = (query.new_empty((query.shape[0], query.shape[1], query.shape[2], key.shape[2]))
+             if mask_grad else query.new_empty(0))
+    return (query.new_empty(query.shape), key.new_empty(key.shape), value.new_empty(value.shape),
+            dmask)
+
+
+def _setup_context(ctx, inputs, output):
+    query, key, value, attn_mask, dropout_p, is_causal, scale = inputs
+    out, lse, seed = output[:3]
+    weights = output[3] if len(output) > 3 else None
+    ctx.mask_grad = (attn_mask is not None and attn_mask.is_floating_point()
+                     and ctx.needs_input_grad[3])
+    ctx.args = (dropout_p, is_causal, scale)
+    ctx.save_for_backward(query, key, value, out, lse, seed, attn_mask, weights)
+
+
+def _backward(ctx, grad_out, grad_weights=None):
+    query, key, value, out, lse, seed, attn_mask, weights = ctx.saved_tensors
+    dropout_p, is_causal, scale = ctx.args
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    dq, dk, dv, dmask = attention_backward(
+        grad_out, grad_weights, weights if grad_weights is not None else None, query, key, value,
+        out, lse, attn_mask, dropout_p, is_causal, scale, seed, ctx.mask_grad)
+    return dq, dk, dv, (dmask if ctx.mask_grad else None), None, None, None
+
+
+def _backward_plain(ctx, grad_out, grad_lse, grad_seed):
+    return _backward(ctx, grad_out)
+
+
+def _backward_with_weights(ctx, grad_out, grad_lse, grad_seed, grad_weights):
+    return _backward(ctx, grad_out, grad_weights)
+
+
+attention_forward.register_autograd(_backward_plain, setup_context=_setup_context)
+attention_forward_with_weights.register_autograd(_backward_with_weights,
+                                                 setup_context=_setup_context)
+
+# ---------------------------------------------------------------------------------------
+# The functional API: torch's shapes in, 4-D problems to the ops, torch's shapes out.
+
+_NAME = "scaled_dot_product_attention"
+
+
+def _shape(t):
+    return list(t.shape)
+
+
+def _prepare(query, key, value, attn_mask, is_causal, scale, enable_gqa):
+    """Validates torch's argument contract and returns the 4-D views, the scale and the shape
+    the output's leading dims must take."""
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{_NAME}: {name} must be a Tensor, got {type(t).__name__}")
+        if t.dim() < 2:
+            raise ValueError(f"{_NAME}: {name} must have at least 2 dims (..., seq, features), "
+                             f"got shape {_shape(t)}")
+    for name, t in (("key", key), ("value", value)):
+        if t.dtype != query.dtype:
+            raise ValueError(f"{_NAME}: {name} must have query's dtype ({query.dtype}), got {t.dtype}")
+        if t.device != query.device:
+            raise ValueError(f"{_NAME}: {name} must be on query's device ({query.device}), "
+                             f"got {t.device}")
+    L, E = query.shape[-2:]
+    S = key.shape[-2]
+    if key.shape[-1] != E:
+        raise ValueError(f"{_NAME}: key's last dim must equal query's ({E}), got key shape "
+                         f"{_shape(key)} for query shape {_shape(query)}")
+    if value.shape[-2] != S:
+        raise ValueError(f"{_NAME}: value must have key's sequence length {S} at dim -2, got value "
+                         f"shape {_shape(value)} for key shape {_shape(key)}")
+    Ev = value.shape[-1]
+    has_heads = max(query.dim(), key.dim(), value.dim()) >= 3
+    Hq = query.shape[-3] if query.dim() >= 3 else 1
+    Hk = key.shape[-3] if key.dim() >= 3 else 1
+    Hv = value.shape[-3] if value.dim() >= 3 else 1
+    if Hk != Hv:
+        raise ValueError(f"{_NAME}: key and value must have the same number of heads (dim -3), "
+                         f"got key shape {_shape(key)} and value shape {_shape(value)}")
+    if Hq != Hk:
+        if enable_gqa:
+            if Hk == 0 or Hq % Hk != 0:
+                raise ValueError(f"{_NAME}: with enable_gqa, query's heads (dim -3) must be a "
+                                 f"multiple of key's; got query heads {Hq}, key heads {Hk}")
+        elif Hk != 1 and Hq != 1:
+            raise ValueError(f"{_NAME}: query heads (dim -3) {Hq} must equal key/value heads {Hk} "
+                             f"(pass enable_gqa=True for grouped-query attention with a multiple)")
+    try:
+        batch = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3])
+    except RuntimeError:
+        raise ValueError(f"{_NAME}: the batch dims (all but the last 3) of query {_shape(query)}, "
+                         f"key {_shape(key)} and value {_shape(value)} must broadcast") from None
+    # Without enable_gqa torch broadcasts a single head: one key head serves every query head
+    # (the kernels' group = Hq), one query head is expanded over the key heads.
+    H, Hk_used = (Hk, Hk) if (Hq == 1 and Hk > 1 and not enable_gqa) else (Hq, Hk)
+    B = math.prod(batch)
+
+    def to4d(t, heads, seq, feat):
+        t = t.reshape((1,) * max(0, 3 - t.dim()) + tuple(t.shape)) if t.dim() < 3 else t
+        return t.expand(*batch, heads, seq, feat).reshape(B, heads, seq, feat)
+
+    q4 = to4d(query, H, L, E)
+    k4 = to4d(key, Hk_used, S, E)
+    v4 = to4d(value, Hk_used, S, Ev)
+    out_lead = tuple(batch) + ((H,) if has_heads else ())
+
+    m4 = None
+    if attn_mask is not None:
+        if not isinstance(attn_mask, Tensor):
+            raise TypeError(f"{_NAME}: attn_mask must be a Tensor or None, got {type(attn_mask).__name__}")
+        if attn_mask.device != query.device:
+            raise ValueError(f"{_NAME}: attn_mask must be on query's device ({query.device}), "
+                             f"got {attn_mask.device}")
+        if attn_mask.dtype != torch.bool:
+            if attn_mask.dtype == torch.float32 and query.dtype != torch.float32:
+                attn_mask = attn_mask.to(query.dtype)  # torch accepts float32 masks for any dtype
+            elif attn_mask.dtype != query.dtype:
+                raise ValueError(f"{_NAME}: attn_mask must be bool, float32 or query's dtype "
+                                 f"({query.dtype}), got {attn_mask.dtype}")
+        full = tuple(batch) + (H, L, S)
+        try:
+            ok = torch.broadcast_shapes(attn_mask.shape, full) == torch.Size(full)
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{_NAME}: attn_mask must broadcast to (batch..., heads, L, S) = "
+                             f"{list(full)}, got shape {_shape(attn_mask)}")
+        # A view with 0 strides on broadcast dims: the mask is never materialised.
+        m4 = attn_mask.expand(full).reshape(B, H, L, S)
+    if scale is None:
+        scale = 1.0 / math.sqrt(E) if E > 0 else 1.0
+    return q4, k4, v4, m4, float(scale), out_lead, (L, Ev, S)
+
+
+def _check_dropout(dropout_p):
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"{_NAME}: dropout_p must be in [0, 1), got {dropout_p}")
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                                 scale=None, enable_gqa=False):
+    """Fused drop-in for torch.nn.functional.scaled_dot_product_attention.
+
+    Same arguments and semantics: query (..., Hq, L, E), key (..., Hk, S, E), value
+    (..., Hk, S, Ev); a bool attn_mask (True = take part) or an additive float one,
+    broadcastable to (..., Hq, L, S) and read in place through strides (never expanded);
+    is_causal keeps the lower triangle of ones(L, S) (top-left aligned, as torch); scale
+    defaults to 1/sqrt(E); enable_gqa lets Hq be a multiple of Hk. Like torch's default CPU
+    kernel, is_causal together with attn_mask applies both. A query row whose every key is
+    masked gets a zero output and zero gradients (torch 2.13 on CPU gives the same).
+
+    dropout_p > 0 applies dropout to the attention weights, as torch does regardless of
+    training mode; the mask comes from a counter-based hash seeded from torch's default
+    generator, so it is reproducible under torch.manual_seed but not bit-equal to torch's.
+    It runs on the same fused kernels (no slower path).
+
+    float32, float64, bfloat16 and float16 (float32 accumulation for the latter two).
+    """
+    _check_dropout(dropout_p)
+    q4, k4, v4, m4, scale, lead, (L, Ev, S) = _prepare(query, key, value, attn_mask, is_causal,
+                                                        scale, enable_gqa)
+    out, _, _ = attention_forward(q4, k4, v4, m4, float(dropout_p), bool(is_causal), scale)
+    return out.reshape(lead + (L, Ev))
+
+
+def scaled_dot_product_attention_with_weights(query, key, value, attn_mask=None, dropout_p=0.0,
+                                              is_causal=False, scale=None, enable_gqa=False):
+    """scaled_dot_product_attention that also returns the attention weights.
+
+    Returns (output, weights) with weights of shape (..., Hq, L, S): the softmax
+    probabilities after dropout (scaled by 1/(1-dropout_p)), as
+    torch.nn.MultiheadAttention returns them. Computed in the same fused pass as the output
+    (the weight rows are the output buffer the softmax runs in); gradients flow into both.
+    """
+    _check_dropout(dropout_p)
+    q4, k4, v4, m4, scale, lead, (L, Ev, S) = _prepare(query, key, value, attn_mask, is_causal,
+                                                        scale, enable_gqa)
+    out, _, _, weights = attention_forward_with_weights(q4, k4, v4, m4, float(dropout_p),
+                                                        bool(is_causal), scale)
+    return out.reshape(lead + (L, Ev)), weights.reshape(lead + (L, S))
