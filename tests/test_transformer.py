@@ -260,3 +260,25 @@ def test_custom_encoder_decoder_kept():
     enc = fnn.TransformerEncoder(fnn.TransformerEncoderLayer(8, 2, 16), 1)
     model = fnn.Transformer(8, 2, custom_encoder=enc, num_decoder_layers=1, dim_feedforward=16)
     assert model.encoder is enc
+
+
+def test_torch_compile_fullgraph():
+    """MultiheadAttention and the encoder layer trace without graph breaks (the fused op is
+    a torch.library custom op), and compiled results equal eager ones."""
+    torch._dynamo.reset()
+    mha = fnn.MultiheadAttention(8, 2, batch_first=True)
+    layer = fnn.TransformerEncoderLayer(8, 2, 16, 0.0, batch_first=True)
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    kpm = torch.tensor([[0, 0, 0, 0, 0], [0, 0, 0, 1, 1]], dtype=torch.bool)
+    c_mha = torch.compile(mha, backend="aot_eager", fullgraph=True)
+    for nw in (True, False):
+        got, expected = c_mha(x, x, x, key_padding_mask=kpm, need_weights=nw), mha(x, x, x, key_padding_mask=kpm, need_weights=nw)
+        torch.testing.assert_close(got[0], expected[0])
+        if nw:
+            torch.testing.assert_close(got[1], expected[1])
+    c_layer = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    out = c_layer(x, src_key_padding_mask=kpm)
+    torch.testing.assert_close(out, layer(x, src_key_padding_mask=kpm))
+    (g,) = torch.autograd.grad(out.sum(), x)
+    (g_ref,) = torch.autograd.grad(layer(x, src_key_padding_mask=kpm).sum(), x)
+    torch.testing.assert_close(g, g_ref)
