@@ -364,3 +364,11 @@ def test_low_precision_error_within_twice_torch(dtype, need_weights):
     assert err(f_out, gold) <= 2 * err(r_out, gold) + 1e-6
     if need_weights:
         assert err(f_w, gold_w) <= 2 * err(r_w, gold_w) + 1e-6
+
+
+@pytest.mark.parametrize("L,S,N", [(0, 3, 2), (3, 3, 0), (3, 0, 2)])
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_zero_length(L, S, N, need_weights):
+    ref, fast = make_pair(embed_dim=8, num_heads=2)
+    q, k, v = inputs("encdec", L, S, N, 8, 8, 8, False, torch.float64)
+    assert_same(ref, fast, q, k, v, need_weights=need_weights)
