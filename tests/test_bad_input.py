@@ -15,6 +15,88 @@ import fastseq.nn as fnn
 
 # ---- attention (functional) ----
 
+def _qkv(B=2, H=3, L=5, S=7, E=8, Ev=8):
+    return torch.randn(B, H, L, E), torch.randn(B, H, S, E), torch.randn(B, H, S, Ev)
+
+
+@pytest.mark.parametrize("q,k,v,kwargs,match", [
+    (torch.randn(2, 3, 5, 8), torch.randn(4, 3, 7, 8), torch.randn(4, 3, 7, 8), {},
+     r"batch dims .* query \[2, 3, 5, 8\], key \[4, 3, 7, 8\]"),
+    (*_qkv()[:1], torch.randn(2, 2, 7, 8), torch.randn(2, 2, 7, 8), {},
+     r"query heads \(dim -3\) 3 must equal key/value heads 2"),
+    (*_qkv()[:1], torch.randn(2, 2, 7, 8), torch.randn(2, 2, 7, 8), {"enable_gqa": True},
+     r"multiple of key's; got query heads 3, key heads 2"),
+    (*_qkv()[:2], torch.randn(2, 1, 7, 8), {}, r"key and value must have the same number of heads"),
+    (_qkv()[0], torch.randn(2, 3, 7, 6), _qkv()[2], {}, r"key's last dim must equal query's \(8\), got key shape \[2, 3, 7, 6\]"),
+    (*_qkv()[:2], torch.randn(2, 3, 6, 8), {}, r"value must have key's sequence length 7 .* \[2, 3, 6, 8\]"),
+    (torch.randn(8), *_qkv()[1:], {}, r"query must have at least 2 dims .* got shape \[8\]"),
+    (*_qkv(), {"attn_mask": torch.ones(5, 6, dtype=torch.bool)},
+     r"attn_mask must broadcast to .* \[2, 3, 5, 7\], got shape \[5, 6\]"),
+    (*_qkv(), {"attn_mask": torch.ones(3, 3, 5, 7, dtype=torch.bool)},
+     r"attn_mask must broadcast to .* \[2, 3, 5, 7\], got shape \[3, 3, 5, 7\]"),
+    (*_qkv(), {"attn_mask": torch.ones(5, 7, dtype=torch.int64)},
+     r"attn_mask must be bool, float32 or query's dtype \(torch.float32\), got torch.int64"),
+    (*_qkv(), {"attn_mask": torch.ones(5, 7, dtype=torch.float64)},
+     r"attn_mask must be bool, float32 or query's dtype \(torch.float32\), got torch.float64"),
+    (_qkv()[0], _qkv()[1].double(), _qkv()[2], {}, r"key must have query's dtype \(torch.float32\), got torch.float64"),
+    (*_qkv()[:2], _qkv()[2].half(), {}, r"value must have query's dtype \(torch.float32\), got torch.float16"),
+    (_qkv()[0], _qkv()[1].to("meta"), _qkv()[2], {}, r"key must be on query's device \(cpu\), got meta"),
+    (*_qkv(), {"attn_mask": torch.ones(5, 7, dtype=torch.bool, device="meta")},
+     r"attn_mask must be on query's device \(cpu\), got meta"),
+    (*_qkv(), {"dropout_p": 1.0}, r"dropout_p must be in \[0, 1\), got 1.0"),
+    (*_qkv(), {"dropout_p": -0.1}, r"dropout_p must be in \[0, 1\), got -0.1"),
+])
+def test_attention_bad_arguments(q, k, v, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fnn.functional.scaled_dot_product_attention(q, k, v, **kwargs)
+    with pytest.raises(RuntimeError, match=match):  # what torch raises, so torch code catches it
+        fnn.functional.scaled_dot_product_attention_with_weights(q, k, v, **kwargs)
+
+
+def test_attention_bad_types():
+    q, k, v = _qkv()
+    with pytest.raises(TypeError, match="value must be a Tensor, got NoneType"):
+        fnn.functional.scaled_dot_product_attention(q, k, None)
+    with pytest.raises(TypeError, match="attn_mask must be a Tensor or None, got list"):
+        fnn.functional.scaled_dot_product_attention(q, k, v, attn_mask=[[True]])
+    with pytest.raises(RuntimeError, match="query must be a floating-point tensor, got Long"):
+        fnn.functional.scaled_dot_product_attention(q.long(), k.long(), v.long())
+
+
+def test_attention_causal_with_mask_is_accepted_and_applies_both():
+    # torch's math kernel rejects is_causal with attn_mask, its default CPU kernel applies both;
+    # fastseq follows the default kernel (tests/test_attention.py checks the values).
+    q, k, v = _qkv(L=7)
+    out = fnn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=torch.ones(7, 7, dtype=torch.bool), is_causal=True)
+    torch.testing.assert_close(out, fnn.functional.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+@pytest.mark.parametrize("args,match", [
+    (lambda q, k, v: (q[0], k, v), r"query must be 4-D, got 3-D with shape \[3, 5, 8\]"),
+    (lambda q, k, v: (q, k[:1], v), r"key must have shape \[2, \*, \*, 8\], got \[1, 3, 7, 8\]"),
+    (lambda q, k, v: (q, k, v[:, :, :6]), r"value must have shape \[2, 3, 7, \*\], got \[2, 3, 6, 8\]"),
+    (lambda q, k, v: (q, k[:, :2], v[:, :2]), r"query's head count \(3\) must be a multiple of key's \(2\)"),
+    (lambda q, k, v: (q, k.double(), v), r"key must have the dtype of query \(Float\), got Double"),
+])
+def test_attention_op_checks_in_cpp(args, match):
+    from fastseq.ops import attention as ops
+    q, k, v = args(*_qkv())
+    with pytest.raises(RuntimeError, match=match):
+        ops.attention_forward(q, k, v, None, 0.0, False, 1.0)
+
+
+def test_attention_op_mask_checks_in_cpp():
+    from fastseq.ops import attention as ops
+    q, k, v = _qkv()
+    with pytest.raises(RuntimeError, match=r"attn_mask must have shape \[2, 3, 5, 7\], got \[5, 7\]"):
+        ops.attention_forward(q, k, v, torch.ones(5, 7, dtype=torch.bool), 0.0, False, 1.0)
+    with pytest.raises(RuntimeError, match=r"attn_mask must be bool or have query's dtype \(Float\), got Double"):
+        ops.attention_forward(q, k, v, torch.ones(2, 3, 5, 7, dtype=torch.float64), 0.0, False, 1.0)
+    with pytest.raises(RuntimeError, match=r"scale must be finite, got inf"):
+        ops.attention_forward(q, k, v, None, 0.0, False, float("inf"))
+
+
 
 # ---- multihead attention / transformer ----
 

@@ -19,8 +19,8 @@ void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   check_floating(q, kOp, "query");
   const auto dtype = q.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 ||
-                  (dtype == at::kHalf && q.is_cuda()),
-              kOp, ": query must be float32, float64 or bfloat16 (float16 on CUDA only), got ",
+                  dtype == at::kHalf,
+              kOp, ": query must be float32, float64, bfloat16 or float16, got ",
               dtype);
   check_same_dtype(k, q, kOp, "key", "query");
   check_same_dtype(v, q, kOp, "value", "query");

@@ -7,9 +7,11 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <c10/core/ScalarType.h>
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -90,8 +92,14 @@ struct Problem {
 
 // Tile sizes: a query tile of rows shares each key/value tile it loads; the key tile bounds
 // the per-thread score buffer (block_q x block_k), kept within L2.
-constexpr int64_t kBlockQ = 64;
-constexpr int64_t kBlockK = 256;
+int64_t env_block(const char* name, int64_t dflt) {
+  const char* v = std::getenv(name);
+  return v ? std::atoll(v) : dflt;
+}
+const int64_t kBlockQ = env_block("FASTSEQ_BQ", 64);
+const int64_t kBlockK = env_block("FASTSEQ_BK", 256);
+const int64_t kBlockQB = env_block("FASTSEQ_BQB", 64);
+const int64_t kBlockKB = env_block("FASTSEQ_BKB", 128);
 
 // A [rows, cols] slab with row stride ld as acc_t: the input itself when it already is acc_t,
 // else converted into buf (bfloat16 -> float), so that BLAS sees float.
@@ -141,11 +149,24 @@ inline void mask_score_row(const Problem<scalar_t>& P, int64_t b, int64_t h, int
   }
 }
 
+// Row maximum over one 64-byte vector of lanes (GCC/Clang vector extension): `a > b ? a : b`
+// is exactly vmaxps, while an omp simd max-reduction stays scalar with gcc 13.
 template <typename acc_t>
 inline acc_t row_max(const acc_t* s, int64_t n) {
-  acc_t m = -std::numeric_limits<acc_t>::infinity();
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < n; ++j) m = std::max(m, s[j]);
+  constexpr int kLanes = 64 / sizeof(acc_t);
+  typedef acc_t lanes_t __attribute__((vector_size(64)));
+  const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
+  lanes_t acc;
+  for (int l = 0; l < kLanes; ++l) acc[l] = ninf;
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    lanes_t x;
+    std::memcpy(&x, s + j, sizeof(x));
+    acc = acc > x ? acc : x;
+  }
+  acc_t m = ninf;
+  for (int l = 0; l < kLanes; ++l) m = m > acc[l] ? m : acc[l];
+  for (; j < n; ++j) m = m > s[j] ? m : s[j];
   return m;
 }
 
@@ -171,6 +192,30 @@ inline void apply_dropout_row(const Problem<scalar_t>& P, uint32_t row, int64_t 
                                       P.keep_scale);
 }
 
+// Per-thread scratch carved from one ATen allocation made on the calling thread: it shows in
+// torch's memory profiler like any tensor (as torch's own flash kernel's buffers do).
+template <typename acc_t>
+class ThreadScratch {
+ public:
+  ThreadScratch(std::initializer_list<int64_t> sizes) {
+    for (int64_t n : sizes) {
+      offsets_.push_back(per_thread_);
+      per_thread_ += (n + 15) / 16 * 16;  // 64-byte aligned slices
+    }
+    buffer_ = at::empty({at::get_num_threads(), std::max<int64_t>(per_thread_, 1)},
+                        at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  }
+  // Slice `which` of the calling thread's share.
+  acc_t* get(size_t which) const {
+    return buffer_.data_ptr<acc_t>() + at::get_thread_num() * per_thread_ + offsets_[which];
+  }
+
+ private:
+  std::vector<int64_t> offsets_;
+  int64_t per_thread_ = 0;
+  at::Tensor buffer_;
+};
+
 // ---------------------------------------------------------------------------------------------
 // Forward. One task = one (batch, head, query tile); each keeps its tile's running max, sum
 // and output accumulator while it streams the key/value tiles (online softmax).
@@ -186,34 +231,40 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
   const bool dropout = P.dropout_p > 0.f;
   const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
 
+  // Per-thread tiles; with weights the scores of whole rows are kept (they are an output).
+  const ThreadScratch<acc_t> scratch({Bq * (weights ? std::max<int64_t>(S, 1) : Bk), Bq * Ev, Bq,
+                                      Bq, kConvert ? Bq * E : 0, kConvert ? Bk * E : 0,
+                                      kConvert ? Bk * Ev : 0});
   at::parallel_for(0, P.B * P.Hq * n_q_tiles, 1, [&](int64_t begin, int64_t end) {
-    // Per-thread tiles; with weights the scores of whole rows are kept (they are an output).
-    std::vector<acc_t> scores(Bq * (weights ? std::max<int64_t>(S, 1) : Bk));
-    std::vector<acc_t> acc_out(Bq * Ev), m_run(Bq), l_run(Bq);
-    std::vector<acc_t> q_buf(kConvert ? Bq * E : 0), k_buf(kConvert ? Bk * E : 0),
-        v_buf(kConvert ? Bk * Ev : 0);
+    acc_t* const scores = scratch.get(0);
+    acc_t* const acc_out = scratch.get(1);
+    acc_t* const m_run = scratch.get(2);
+    acc_t* const l_run = scratch.get(3);
+    acc_t* const q_buf = scratch.get(4);
+    acc_t* const k_buf = scratch.get(5);
+    acc_t* const v_buf = scratch.get(6);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t qt = task % n_q_tiles, bh = task / n_q_tiles;
       const int64_t h = bh % P.Hq, b = bh / P.Hq, hk = h / P.group;
       const int64_t q0 = qt * Bq, nq = std::min(Bq, L - q0);
       int64_t ldq, ldk, ldv;
       const acc_t* qa = as_acc(P.q + b * P.q_sb + h * P.q_sh + q0 * P.q_sl, nq, E, P.q_sl,
-                               q_buf.data(), ldq);
+                               q_buf, ldq);
       const scalar_t* k_head = P.k + b * P.k_sb + hk * P.k_sh;
       const scalar_t* v_head = P.v + b * P.v_sb + hk * P.v_sh;
       // Under causal, keys past the tile's last row are masked for every row: never loaded.
       const int64_t kv_end = P.causal ? std::min(S, q0 + nq) : S;
-      acc_t* s = scores.data();
-      acc_t* o = acc_out.data();
+      acc_t* s = scores;
+      acc_t* o = acc_out;
       std::fill(o, o + nq * Ev, acc_t(0));
 
       if (weights == nullptr) {
-        std::fill(m_run.begin(), m_run.begin() + nq, ninf);
-        std::fill(l_run.begin(), l_run.begin() + nq, acc_t(0));
+        std::fill(m_run, m_run + nq, ninf);
+        std::fill(l_run, l_run + nq, acc_t(0));
         for (int64_t k0 = 0; k0 < kv_end; k0 += Bk) {
           const int64_t nk = std::min(Bk, kv_end - k0);
-          const acc_t* ka = as_acc(k_head + k0 * P.k_ss, nk, E, P.k_ss, k_buf.data(), ldk);
-          const acc_t* va = as_acc(v_head + k0 * P.v_ss, nk, Ev, P.v_ss, v_buf.data(), ldv);
+          const acc_t* ka = as_acc(k_head + k0 * P.k_ss, nk, E, P.k_ss, k_buf, ldk);
+          const acc_t* va = as_acc(v_head + k0 * P.v_ss, nk, Ev, P.v_ss, v_buf, ldv);
           gemm_rowmajor<acc_t>(false, true, nq, nk, E, P.scale, qa, ldq, ka, ldk, 0, s, nk);
           for (int64_t r = 0; r < nq; ++r) {
             acc_t* srow = s + r * nk;
@@ -237,7 +288,7 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
         const int64_t lds = std::max<int64_t>(S, 1);
         for (int64_t k0 = 0; k0 < kv_end; k0 += Bk) {
           const int64_t nk = std::min(Bk, kv_end - k0);
-          const acc_t* ka = as_acc(k_head + k0 * P.k_ss, nk, E, P.k_ss, k_buf.data(), ldk);
+          const acc_t* ka = as_acc(k_head + k0 * P.k_ss, nk, E, P.k_ss, k_buf, ldk);
           gemm_rowmajor<acc_t>(false, true, nq, nk, E, P.scale, qa, ldq, ka, ldk, 0, s + k0, lds);
         }
         for (int64_t r = 0; r < nq; ++r) {
@@ -258,7 +309,7 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
         }
         for (int64_t k0 = 0; k0 < kv_end; k0 += Bk) {
           const int64_t nk = std::min(Bk, kv_end - k0);
-          const acc_t* va = as_acc(v_head + k0 * P.v_ss, nk, Ev, P.v_ss, v_buf.data(), ldv);
+          const acc_t* va = as_acc(v_head + k0 * P.v_ss, nk, Ev, P.v_ss, v_buf, ldv);
           gemm_rowmajor<acc_t>(false, false, nq, Ev, nk, 1, s + k0, lds, va, ldv, 1, o, Ev);
         }
       }
@@ -299,15 +350,27 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
   using acc_t = acc_type<scalar_t>;
   constexpr bool kConvert = !std::is_same_v<scalar_t, acc_t>;
   const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev, G = P.group;
-  const int64_t Bq = std::max<int64_t>(1, std::min(kBlockQ, L));
-  const int64_t Bk = std::max<int64_t>(1, std::min<int64_t>(kBlockK / 2, S));
+  const int64_t Bq = std::max<int64_t>(1, std::min(kBlockQB, L));
+  const int64_t Bk = std::max<int64_t>(1, std::min<int64_t>(kBlockKB, S));
   const bool dropout = P.dropout_p > 0.f;
 
+  // dQ of the task's query heads is accumulated whole (G x L x E): O(L) per head.
+  const ThreadScratch<acc_t> scratch({G * L, G * L * E, Bk * E, Bk * Ev, Bq * Bk, Bq * Bk,
+                                      dropout ? Bq * Bk : 0, kConvert ? G * L * E : 0,
+                                      kConvert ? G * L * Ev : 0, kConvert ? Bk * E : 0,
+                                      kConvert ? Bk * Ev : 0});
   at::parallel_for(0, P.B * P.Hk, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> d_row(G * L), dq_acc(G * L * E), dk_acc(Bk * E), dv_acc(Bk * Ev);
-    std::vector<acc_t> p_tile(Bq * Bk), dp_tile(Bq * Bk), pd_tile(dropout ? Bq * Bk : 0);
-    std::vector<acc_t> q_full(kConvert ? G * L * E : 0), do_full(kConvert ? G * L * Ev : 0);
-    std::vector<acc_t> k_buf(kConvert ? Bk * E : 0), v_buf(kConvert ? Bk * Ev : 0);
+    acc_t* const d_row = scratch.get(0);
+    acc_t* const dq_acc = scratch.get(1);
+    acc_t* const dk_acc = scratch.get(2);
+    acc_t* const dv_acc = scratch.get(3);
+    acc_t* const p_tile = scratch.get(4);
+    acc_t* const dp_tile = scratch.get(5);
+    acc_t* const pd_tile = scratch.get(6);
+    acc_t* const q_full = scratch.get(7);
+    acc_t* const do_full = scratch.get(8);
+    acc_t* const k_buf = scratch.get(9);
+    acc_t* const v_buf = scratch.get(10);
     std::vector<const acc_t*> q_heads(G), do_heads(G);
     std::vector<int64_t> q_ld(G), do_ld(G);
 
@@ -316,9 +379,9 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
       for (int64_t g = 0; g < G; ++g) {
         const int64_t h = hk * G + g, bh = b * P.Hq + h;
         q_heads[g] = as_acc(P.q + b * P.q_sb + h * P.q_sh, L, E, P.q_sl,
-                            kConvert ? q_full.data() + g * L * E : nullptr, q_ld[g]);
+                            kConvert ? q_full + g * L * E : nullptr, q_ld[g]);
         do_heads[g] = as_acc(io.grad_out + bh * L * Ev, L, Ev, Ev,
-                             kConvert ? do_full.data() + g * L * Ev : nullptr, do_ld[g]);
+                             kConvert ? do_full + g * L * Ev : nullptr, do_ld[g]);
         // D = rowsum(dO * O) (+ rowsum(W * dW)): the softmax backward's per-row constant.
         for (int64_t i = 0; i < L; ++i) {
           const scalar_t* orow = io.out + (bh * L + i) * Ev;
@@ -333,17 +396,17 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
           d_row[g * L + i] = d;
         }
       }
-      std::fill(dq_acc.begin(), dq_acc.end(), acc_t(0));
+      std::fill(dq_acc, dq_acc + G * L * E, acc_t(0));
       const scalar_t* k_head = P.k + b * P.k_sb + hk * P.k_sh;
       const scalar_t* v_head = P.v + b * P.v_sb + hk * P.v_sh;
 
       for (int64_t k0 = 0; k0 < S; k0 += Bk) {
         const int64_t nk = std::min(Bk, S - k0);
         int64_t ldk, ldv;
-        const acc_t* ka = as_acc(k_head + k0 * P.k_ss, nk, E, P.k_ss, k_buf.data(), ldk);
-        const acc_t* va = as_acc(v_head + k0 * P.v_ss, nk, Ev, P.v_ss, v_buf.data(), ldv);
-        std::fill(dk_acc.begin(), dk_acc.begin() + nk * E, acc_t(0));
-        std::fill(dv_acc.begin(), dv_acc.begin() + nk * Ev, acc_t(0));
+        const acc_t* ka = as_acc(k_head + k0 * P.k_ss, nk, E, P.k_ss, k_buf, ldk);
+        const acc_t* va = as_acc(v_head + k0 * P.v_ss, nk, Ev, P.v_ss, v_buf, ldv);
+        std::fill(dk_acc, dk_acc + nk * E, acc_t(0));
+        std::fill(dv_acc, dv_acc + nk * Ev, acc_t(0));
         // Under causal, rows before k0 see none of these keys.
         const int64_t q_begin = P.causal ? (k0 / Bq) * Bq : 0;
         for (int64_t g = 0; g < G; ++g) {
@@ -352,8 +415,8 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
             const int64_t nq = std::min(Bq, L - q0);
             const acc_t* qa = q_heads[g] + q0 * q_ld[g];
             const acc_t* doa = do_heads[g] + q0 * do_ld[g];
-            acc_t* p = p_tile.data();
-            acc_t* dp = dp_tile.data();
+            acc_t* p = p_tile;
+            acc_t* dp = dp_tile;
             gemm_rowmajor<acc_t>(false, true, nq, nk, E, P.scale, qa, q_ld[g], ka, ldk, 0, p, nk);
             for (int64_t r = 0; r < nq; ++r) {
               acc_t* prow = p + r * nk;
@@ -364,14 +427,14 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
             }
             const acc_t* pv = p;  // the probabilities that multiplied V in the forward
             if (dropout) {
-              std::copy(p, p + nq * nk, pd_tile.data());
+              std::copy(p, p + nq * nk, pd_tile);
               for (int64_t r = 0; r < nq; ++r)
-                apply_dropout_row(P, P.dropout_row(b, h, q0 + r), k0, nk, pd_tile.data() + r * nk);
-              pv = pd_tile.data();
+                apply_dropout_row(P, P.dropout_row(b, h, q0 + r), k0, nk, pd_tile + r * nk);
+              pv = pd_tile;
             }
             // dV += Pd^T dO ; dP = dO V^T
             gemm_rowmajor<acc_t>(true, false, nk, Ev, nq, 1, pv, nk, doa, do_ld[g], 1,
-                                 dv_acc.data(), Ev);
+                                 dv_acc, Ev);
             gemm_rowmajor<acc_t>(false, true, nq, nk, Ev, 1, doa, do_ld[g], va, ldv, 0, dp, nk);
             for (int64_t r = 0; r < nq; ++r) {
               const int64_t i = q0 + r;
@@ -389,9 +452,9 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
             }
             // dQ += scale dS K ; dK += scale dS^T Q
             gemm_rowmajor<acc_t>(false, false, nq, E, nk, P.scale, dp, nk, ka, ldk, 1,
-                                 dq_acc.data() + (g * L + q0) * E, E);
+                                 dq_acc + (g * L + q0) * E, E);
             gemm_rowmajor<acc_t>(true, false, nk, E, nq, P.scale, dp, nk, qa, q_ld[g], 1,
-                                 dk_acc.data(), E);
+                                 dk_acc, E);
           }
         }
         scalar_t* dk_dst = io.dk + ((b * P.Hk + hk) * S + k0) * E;
@@ -401,7 +464,7 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
       }
       for (int64_t g = 0; g < G; ++g) {
         scalar_t* dq_dst = io.dq + ((b * P.Hq + hk * G + g) * L) * E;
-        const acc_t* src = dq_acc.data() + g * L * E;
+        const acc_t* src = dq_acc + g * L * E;
         for (int64_t x = 0; x < L * E; ++x) dq_dst[x] = static_cast<scalar_t>(src[x]);
       }
     }
@@ -470,7 +533,7 @@ std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_forward_
   std::optional<at::Tensor> weights;
   if (return_weights) weights = at::empty({B, Hq, L, S}, q.options());
   if (out.numel() == 0 && lse.numel() == 0) return {out, lse, weights};
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "attention_forward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attention_forward_cpu", [&] {
     const auto P = make_problem<scalar_t>(q, k, v, attn_mask, dropout_p, is_causal, scale, seed);
     forward_kernel<scalar_t>(P, out.mutable_data_ptr<scalar_t>(),
                              lse.mutable_data_ptr<acc_type<scalar_t>>(),
@@ -499,7 +562,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attent
     gw = grad_weights->contiguous();
   }
   if (dq.numel() + dk.numel() + dv.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "attention_backward_cpu", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attention_backward_cpu", [&] {
       using acc_t = acc_type<scalar_t>;
       const auto P = make_problem<scalar_t>(q, k, v, attn_mask, dropout_p, is_causal, scale, seed);
       BackwardIO<scalar_t> io;

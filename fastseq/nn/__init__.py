@@ -9,7 +9,11 @@ import torch.nn as _tnn
 from torch.nn import *  # noqa: F401,F403
 from torch.nn import init, utils, parameter, modules, Parameter, Module  # noqa: F401
 
-from . import functional  # noqa: F401
+# `from . import functional` would keep torch.nn.functional, which the star-import above
+# already bound to this name; import_module loads fastseq.nn.functional itself.
+from importlib import import_module as _import_module
+
+functional = _import_module(__name__ + ".functional")
 
 # `import fastseq.nn.init` / `fastseq.nn.utils.rnn` behave as their torch.nn twins.
 for _name in ("init", "utils", "parameter", "modules"):

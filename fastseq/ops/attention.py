@@ -119,10 +119,65 @@ attention_forward.register_autograd(_backward_plain, setup_context=_setup_contex
 attention_forward_with_weights.register_autograd(_backward_with_weights,
                                                  setup_context=_setup_context)
 
+
+def _eager_seed(dropout_p: float) -> int:
+    # The same draw as _draw_seed (so eager and compiled runs agree), none without dropout.
+    return int(_draw_seed(dropout_p)) if dropout_p > 0.0 else 0
+
+
+class _EagerAttention(torch.autograd.Function):
+    """The same forward/backward as the custom ops, as a plain autograd.Function for eager
+    mode: torch.library's custom-op dispatch costs ~50 us a call (~200 us with autograd),
+    which matters for short sequences. Same seed draw, so eager and compiled runs agree."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, attn_mask, dropout_p, is_causal, scale, with_weights):
+        seed = _eager_seed(dropout_p)
+        out, lse, weights = _C.attention_forward(query, key, value, attn_mask, dropout_p,
+                                                 is_causal, scale, seed, with_weights)
+        ctx.mark_non_differentiable(lse)
+        ctx.args = (dropout_p, is_causal, scale, seed, with_weights)
+        ctx.save_for_backward(query, key, value, out, lse, attn_mask, weights)
+        return (out, weights) if with_weights else out
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_weights=None):
+        query, key, value, out, lse, attn_mask, weights = ctx.saved_tensors
+        dropout_p, is_causal, scale, seed, with_weights = ctx.args
+        mask_grad = bool(attn_mask is not None and attn_mask.is_floating_point()
+                         and ctx.needs_input_grad[3])
+        if grad_out is None:
+            grad_out = torch.zeros_like(out)
+        dq, dk, dv, dmask = _C.attention_backward(
+            grad_out, grad_weights, weights if grad_weights is not None else None, query, key,
+            value, out, lse, attn_mask, dropout_p, is_causal, scale, seed, mask_grad)
+        return dq, dk, dv, dmask, None, None, None, None
+
+
+def _attention(q4, k4, v4, m4, dropout_p, is_causal, scale, with_weights):
+    """Eager: the autograd.Function; under torch.compile: the custom ops (traceable)."""
+    if torch.compiler.is_compiling():
+        if with_weights:
+            out, _, _, weights = attention_forward_with_weights(q4, k4, v4, m4, dropout_p,
+                                                                is_causal, scale)
+            return out, weights
+        return attention_forward(q4, k4, v4, m4, dropout_p, is_causal, scale)[0]
+    if torch.is_grad_enabled() and (q4.requires_grad or k4.requires_grad or v4.requires_grad
+                                    or (m4 is not None and m4.requires_grad)):
+        return _EagerAttention.apply(q4, k4, v4, m4, dropout_p, is_causal, scale, with_weights)
+    out, _, weights = _C.attention_forward(q4, k4, v4, m4, dropout_p, is_causal, scale,
+                                           _eager_seed(dropout_p), with_weights)
+    return (out, weights) if with_weights else out
+
 # ---------------------------------------------------------------------------------------
 # The functional API: torch's shapes in, 4-D problems to the ops, torch's shapes out.
 
 _NAME = "scaled_dot_product_attention"
+
+
+class AttentionArgumentError(ValueError, RuntimeError):
+    """Bad arguments: a ValueError, and a RuntimeError like the errors torch's own
+    scaled_dot_product_attention raises, so code written against torch catches it too."""
 
 
 def _shape(t):
@@ -136,21 +191,21 @@ def _prepare(query, key, value, attn_mask, is_causal, scale, enable_gqa):
         if not isinstance(t, Tensor):
             raise TypeError(f"{_NAME}: {name} must be a Tensor, got {type(t).__name__}")
         if t.dim() < 2:
-            raise ValueError(f"{_NAME}: {name} must have at least 2 dims (..., seq, features), "
+            raise AttentionArgumentError(f"{_NAME}: {name} must have at least 2 dims (..., seq, features), "
                              f"got shape {_shape(t)}")
     for name, t in (("key", key), ("value", value)):
         if t.dtype != query.dtype:
-            raise ValueError(f"{_NAME}: {name} must have query's dtype ({query.dtype}), got {t.dtype}")
+            raise AttentionArgumentError(f"{_NAME}: {name} must have query's dtype ({query.dtype}), got {t.dtype}")
         if t.device != query.device:
-            raise ValueError(f"{_NAME}: {name} must be on query's device ({query.device}), "
+            raise AttentionArgumentError(f"{_NAME}: {name} must be on query's device ({query.device}), "
                              f"got {t.device}")
     L, E = query.shape[-2:]
     S = key.shape[-2]
     if key.shape[-1] != E:
-        raise ValueError(f"{_NAME}: key's last dim must equal query's ({E}), got key shape "
+        raise AttentionArgumentError(f"{_NAME}: key's last dim must equal query's ({E}), got key shape "
                          f"{_shape(key)} for query shape {_shape(query)}")
     if value.shape[-2] != S:
-        raise ValueError(f"{_NAME}: value must have key's sequence length {S} at dim -2, got value "
+        raise AttentionArgumentError(f"{_NAME}: value must have key's sequence length {S} at dim -2, got value "
                          f"shape {_shape(value)} for key shape {_shape(key)}")
     Ev = value.shape[-1]
     has_heads = max(query.dim(), key.dim(), value.dim()) >= 3
@@ -158,28 +213,36 @@ def _prepare(query, key, value, attn_mask, is_causal, scale, enable_gqa):
     Hk = key.shape[-3] if key.dim() >= 3 else 1
     Hv = value.shape[-3] if value.dim() >= 3 else 1
     if Hk != Hv:
-        raise ValueError(f"{_NAME}: key and value must have the same number of heads (dim -3), "
+        raise AttentionArgumentError(f"{_NAME}: key and value must have the same number of heads (dim -3), "
                          f"got key shape {_shape(key)} and value shape {_shape(value)}")
     if Hq != Hk:
         if enable_gqa:
             if Hk == 0 or Hq % Hk != 0:
-                raise ValueError(f"{_NAME}: with enable_gqa, query's heads (dim -3) must be a "
+                raise AttentionArgumentError(f"{_NAME}: with enable_gqa, query's heads (dim -3) must be a "
                                  f"multiple of key's; got query heads {Hq}, key heads {Hk}")
         elif Hk != 1 and Hq != 1:
-            raise ValueError(f"{_NAME}: query heads (dim -3) {Hq} must equal key/value heads {Hk} "
+            raise AttentionArgumentError(f"{_NAME}: query heads (dim -3) {Hq} must equal key/value heads {Hk} "
                              f"(pass enable_gqa=True for grouped-query attention with a multiple)")
-    try:
-        batch = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3])
-    except RuntimeError:
-        raise ValueError(f"{_NAME}: the batch dims (all but the last 3) of query {_shape(query)}, "
-                         f"key {_shape(key)} and value {_shape(value)} must broadcast") from None
+    qb, kb, vb = query.shape[:-3], key.shape[:-3], value.shape[:-3]
+    if qb == kb == vb:  # the common case, without torch.broadcast_shapes' ~13 us
+        batch = qb
+    else:
+        try:
+            batch = torch.broadcast_shapes(qb, kb, vb)
+        except RuntimeError:
+            raise AttentionArgumentError(
+                f"{_NAME}: the batch dims (all but the last 3) of query {_shape(query)}, "
+                f"key {_shape(key)} and value {_shape(value)} must broadcast") from None
     # Without enable_gqa torch broadcasts a single head: one key head serves every query head
     # (the kernels' group = Hq), one query head is expanded over the key heads.
     H, Hk_used = (Hk, Hk) if (Hq == 1 and Hk > 1 and not enable_gqa) else (Hq, Hk)
     B = math.prod(batch)
 
     def to4d(t, heads, seq, feat):
-        t = t.reshape((1,) * max(0, 3 - t.dim()) + tuple(t.shape)) if t.dim() < 3 else t
+        if t.dim() == 4 and t.shape[0] == B and t.shape[1] == heads:
+            return t
+        if t.dim() < 3:
+            t = t.reshape((1,) * (3 - t.dim()) + tuple(t.shape))
         return t.expand(*batch, heads, seq, feat).reshape(B, heads, seq, feat)
 
     q4 = to4d(query, H, L, E)
@@ -192,22 +255,20 @@ def _prepare(query, key, value, attn_mask, is_causal, scale, enable_gqa):
         if not isinstance(attn_mask, Tensor):
             raise TypeError(f"{_NAME}: attn_mask must be a Tensor or None, got {type(attn_mask).__name__}")
         if attn_mask.device != query.device:
-            raise ValueError(f"{_NAME}: attn_mask must be on query's device ({query.device}), "
+            raise AttentionArgumentError(f"{_NAME}: attn_mask must be on query's device ({query.device}), "
                              f"got {attn_mask.device}")
         if attn_mask.dtype != torch.bool:
             if attn_mask.dtype == torch.float32 and query.dtype != torch.float32:
                 attn_mask = attn_mask.to(query.dtype)  # torch accepts float32 masks for any dtype
             elif attn_mask.dtype != query.dtype:
-                raise ValueError(f"{_NAME}: attn_mask must be bool, float32 or query's dtype "
+                raise AttentionArgumentError(f"{_NAME}: attn_mask must be bool, float32 or query's dtype "
                                  f"({query.dtype}), got {attn_mask.dtype}")
         full = tuple(batch) + (H, L, S)
-        try:
-            ok = torch.broadcast_shapes(attn_mask.shape, full) == torch.Size(full)
-        except RuntimeError:
-            ok = False
+        ms = tuple(attn_mask.shape)
+        ok = len(ms) <= len(full) and all(m in (1, f) for m, f in zip(ms[::-1], full[::-1]))
         if not ok:
-            raise ValueError(f"{_NAME}: attn_mask must broadcast to (batch..., heads, L, S) = "
-                             f"{list(full)}, got shape {_shape(attn_mask)}")
+            raise AttentionArgumentError(f"{_NAME}: attn_mask must broadcast to (batch..., heads, L, S) = "
+                                         f"{list(full)}, got shape {_shape(attn_mask)}")
         # A view with 0 strides on broadcast dims: the mask is never materialised.
         m4 = attn_mask.expand(full).reshape(B, H, L, S)
     if scale is None:
@@ -217,7 +278,7 @@ def _prepare(query, key, value, attn_mask, is_causal, scale, enable_gqa):
 
 def _check_dropout(dropout_p):
     if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"{_NAME}: dropout_p must be in [0, 1), got {dropout_p}")
+        raise AttentionArgumentError(f"{_NAME}: dropout_p must be in [0, 1), got {dropout_p}")
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
@@ -242,7 +303,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     _check_dropout(dropout_p)
     q4, k4, v4, m4, scale, lead, (L, Ev, S) = _prepare(query, key, value, attn_mask, is_causal,
                                                         scale, enable_gqa)
-    out, _, _ = attention_forward(q4, k4, v4, m4, float(dropout_p), bool(is_causal), scale)
+    out = _attention(q4, k4, v4, m4, float(dropout_p), bool(is_causal), scale, False)
     return out.reshape(lead + (L, Ev))
 
 
@@ -258,6 +319,5 @@ def scaled_dot_product_attention_with_weights(query, key, value, attn_mask=None,
     _check_dropout(dropout_p)
     q4, k4, v4, m4, scale, lead, (L, Ev, S) = _prepare(query, key, value, attn_mask, is_causal,
                                                         scale, enable_gqa)
-    out, _, _, weights = attention_forward_with_weights(q4, k4, v4, m4, float(dropout_p),
-                                                        bool(is_causal), scale)
+    out, weights = _attention(q4, k4, v4, m4, float(dropout_p), bool(is_causal), scale, True)
     return out.reshape(lead + (L, Ev)), weights.reshape(lead + (L, S))

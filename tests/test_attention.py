@@ -1,0 +1,380 @@
+"""fastseq.nn.functional.scaled_dot_product_attention(_with_weights) against torch's own
+scaled_dot_product_attention (math kernel, float64) for outputs and every gradient."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import fastseq
+import fastseq.nn.functional as FF
+from fastseq.ops import attention as ops
+
+
+def torch_sdpa(*args, **kwargs):
+    """torch's math kernel: the float64 reference (and the bf16/fp16 baseline)."""
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(*args, **kwargs)
+
+
+def leaves(*shapes, dtype=torch.float64, device="cpu"):
+    return [torch.randn(s, dtype=dtype, device=device, requires_grad=True) for s in shapes]
+
+
+def check_against_torch(q, k, v, atol=1e-10, **kwargs):
+    """fastseq vs torch's math kernel in float64: output and grads of q, k, v (and of a float
+    attn_mask that requires grad)."""
+    mask = kwargs.get("attn_mask")
+    inputs = [q, k, v] + ([mask] if isinstance(mask, torch.Tensor) and mask.requires_grad else [])
+    out = FF.scaled_dot_product_attention(q, k, v, **kwargs)
+    ref = torch_sdpa(q, k, v, **kwargs)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, atol=atol, rtol=0)
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad(out, inputs, g)
+    want = torch.autograd.grad(ref, inputs, g)
+    for name, a, b in zip(["query", "key", "value", "attn_mask"], got, want):
+        torch.testing.assert_close(a, b, atol=atol, rtol=0, msg=lambda m: f"grad of {name}: {m}")
+
+
+SHAPES = [  # B, H, L, S, E, Ev
+    (2, 3, 5, 7, 8, 8),
+    (1, 1, 1, 1, 16, 16),
+    (2, 2, 1, 13, 32, 32),
+    (1, 2, 13, 1, 32, 24),
+    (2, 1, 67, 131, 64, 64),
+    (1, 2, 37, 300, 128, 128),
+    (1, 1, 300, 29, 24, 40),
+]
+
+
+@pytest.mark.parametrize("B,H,L,S,E,Ev", SHAPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_matches_torch_float64(B, H, L, S, E, Ev, causal):
+    q, k, v = leaves((B, H, L, E), (B, H, S, E), (B, H, S, Ev))
+    check_against_torch(q, k, v, is_causal=causal)
+
+
+@pytest.mark.parametrize("mask_shape", [(29, 301), (2, 1, 1, 301), (1, 3, 29, 301), (29, 1), (301,)])
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_masks_broadcast(mask_shape, kind):
+    q, k, v = leaves((2, 3, 29, 16), (2, 3, 301, 16), (2, 3, 301, 16))
+    if kind == "bool":
+        mask = torch.rand(mask_shape) > 0.3
+        mask[..., 0] = True  # keep every row alive: torch's math kernel gives NaN otherwise
+    else:
+        mask = torch.randn(mask_shape, dtype=torch.float64, requires_grad=True)
+    check_against_torch(q, k, v, attn_mask=mask)
+
+
+def test_float_mask_with_minus_inf_entries():
+    q, k, v = leaves((1, 2, 9, 8), (1, 2, 11, 8), (1, 2, 11, 8))
+    mask = torch.randn(9, 11, dtype=torch.float64)
+    mask[:, 3:6] = float("-inf")
+    check_against_torch(q, k, v, attn_mask=mask.requires_grad_())
+
+
+@pytest.mark.parametrize("L,S", [(5, 9), (9, 5), (70, 300), (300, 70)])
+def test_causal_with_l_not_s(L, S):
+    q, k, v = leaves((2, 2, L, 16), (2, 2, S, 16), (2, 2, S, 8))
+    check_against_torch(q, k, v, is_causal=True)
+
+
+def test_causal_combined_with_mask_applies_both():
+    # torch's default CPU kernel accepts both and applies both; fastseq does the same.
+    q, k, v = leaves((1, 2, 20, 8), (1, 2, 20, 8), (1, 2, 20, 8))
+    mask = torch.rand(20, 20) > 0.5
+    mask[:, 0] = True
+    both = mask & torch.ones(20, 20, dtype=torch.bool).tril()
+    out = FF.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=True)
+    torch.testing.assert_close(out, torch_sdpa(q, k, v, attn_mask=both), atol=1e-12, rtol=0)
+    ref32 = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                           is_causal=True)
+    torch.testing.assert_close(out.float(), ref32, atol=1e-5, rtol=0)
+
+
+def test_custom_scale():
+    q, k, v = leaves((2, 2, 7, 8), (2, 2, 9, 8), (2, 2, 9, 8))
+    check_against_torch(q, k, v, scale=0.37)
+    check_against_torch(q, k, v, scale=2.5, is_causal=True)
+
+
+@pytest.mark.parametrize("Hq,Hk", [(6, 2), (6, 3), (4, 1), (5, 5)])
+def test_grouped_query_attention(Hq, Hk):
+    q, k, v = leaves((2, Hq, 11, 16), (2, Hk, 17, 16), (2, Hk, 17, 12))
+    check_against_torch(q, k, v, enable_gqa=True)
+    check_against_torch(q, k, v, enable_gqa=True, is_causal=True)
+
+
+@pytest.mark.parametrize("q_shape,kv_lead", [
+    ((7, 8), ()),               # rank 2: (L, E)
+    ((3, 7, 8), (3,)),          # rank 3: (H, L, E)
+    ((2, 3, 7, 8), (2, 3)),     # rank 4
+    ((2, 2, 3, 7, 8), (2, 2, 3)),  # two batch dims
+    ((2, 2, 3, 7, 8), (2, 1, 3)),  # broadcast batch dim of key/value
+    ((2, 3, 7, 8), (1, 3)),
+])
+def test_batch_ranks(q_shape, kv_lead):
+    q, = leaves(q_shape)
+    k, v = leaves(kv_lead + (5, 8), kv_lead + (5, 6))
+    check_against_torch(q, k, v)
+
+
+def test_non_contiguous_inputs():
+    # (B, L, H, E) storage viewed as (B, H, L, E), as MultiheadAttention produces.
+    base_q, base_k, base_v = leaves((2, 13, 3, 16), (2, 19, 3, 16), (2, 19, 3, 32))
+    q, k, v = base_q.transpose(1, 2), base_k.transpose(1, 2), base_v.transpose(1, 2)
+    check_against_torch(q, k, v)
+    # Strided feature dim as well.
+    qq, = leaves((2, 3, 13, 32))
+    check_against_torch(qq[..., ::2], k, v)
+    mask = (torch.rand(19, 13) > 0.2).t()  # non-contiguous mask
+    mask[:, 0] = True
+    check_against_torch(q, k, v, attn_mask=mask)
+
+
+def test_zero_length():
+    q, k, v = leaves((2, 2, 0, 4), (2, 2, 5, 4), (2, 2, 5, 4))
+    check_against_torch(q, k, v)
+    q, k, v = leaves((2, 2, 3, 4), (2, 2, 0, 4), (2, 2, 0, 4))
+    out = FF.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
+
+
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_fully_masked_rows_match_torch_cpu(kind):
+    # torch 2.13's CPU kernel gives such rows a zero output and zero gradients.
+    q, k, v = leaves((1, 2, 4, 8), (1, 2, 6, 8), (1, 2, 6, 8), dtype=torch.float32)
+    keep = torch.ones(4, 6, dtype=torch.bool)
+    keep[2] = False
+    mask = keep if kind == "bool" else torch.zeros(4, 6).masked_fill(~keep, float("-inf"))
+    out = FF.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    assert torch.all(out[:, :, 2] == 0)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, [q, k, v], g), torch.autograd.grad(ref, [q, k, v], g)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    _, w = FF.scaled_dot_product_attention_with_weights(q, k, v, attn_mask=mask)
+    assert torch.all(w[:, :, 2] == 0)
+
+
+def test_float32_close_to_float64_reference():
+    q, k, v = leaves((2, 4, 100, 64), (2, 4, 150, 64), (2, 4, 150, 64), dtype=torch.float32)
+    out = FF.scaled_dot_product_attention(q, k, v, is_causal=True)
+    ref = torch_sdpa(q.double(), k.double(), v.double(), is_causal=True)
+    torch.testing.assert_close(out.double(), ref, atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_reduced_precision_within_twice_torchs_error(dtype, causal):
+    q64, k64, v64 = leaves((2, 3, 45, 32), (2, 3, 70, 32), (2, 3, 70, 24))
+    mask = torch.rand(45, 70) > 0.2 if not causal else None
+    if mask is not None:
+        mask[:, 0] = True
+    ref = torch_sdpa(q64, k64, v64, attn_mask=mask, is_causal=causal)
+    g = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, [q64, k64, v64], g)
+    low = [t.detach().to(dtype).requires_grad_() for t in (q64, k64, v64)]
+    ours = FF.scaled_dot_product_attention(*low, attn_mask=mask, is_causal=causal)
+    theirs = F.scaled_dot_product_attention(*low, attn_mask=mask, is_causal=causal)
+    assert ours.dtype == dtype
+    our_grads = torch.autograd.grad(ours, low, g.to(dtype))
+    their_grads = torch.autograd.grad(theirs, low, g.to(dtype))
+    for name, o, t, r in zip(["out", "dq", "dk", "dv"], [ours, *our_grads], [theirs, *their_grads],
+                             [ref, *ref_grads]):
+        err = (o.double() - r).abs().max().item()
+        torch_err = (t.double() - r).abs().max().item()
+        assert err <= 2 * torch_err + 1e-6, f"{name}: fastseq error {err} vs torch {torch_err}"
+
+
+def test_gradcheck_float64():
+    q, k, v = leaves((1, 2, 5, 4), (1, 2, 6, 4), (1, 2, 6, 3))
+    mask = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    f = lambda q, k, v, m: FF.scaled_dot_product_attention(q, k, v, attn_mask=m)
+    assert torch.autograd.gradcheck(f, (q, k, v, mask))
+    f = lambda q, k, v: FF.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.autograd.gradcheck(f, (q, k, v))
+    qg, = leaves((1, 4, 3, 4))
+    f = lambda q, k, v: FF.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    assert torch.autograd.gradcheck(f, (qg, k, v))
+
+
+def test_gradcheck_float64_with_weights():
+    q, k, v = leaves((1, 2, 4, 3), (1, 2, 5, 3), (1, 2, 5, 2))
+    mask = torch.rand(4, 5) > 0.3
+    mask[:, 0] = True
+    f = lambda q, k, v: FF.scaled_dot_product_attention_with_weights(q, k, v, attn_mask=mask)
+    assert torch.autograd.gradcheck(f, (q, k, v))
+
+
+@pytest.mark.filterwarnings("ignore:Input #")
+def test_gradcheck_float32():
+    q, k, v = leaves((1, 2, 4, 4), (1, 2, 5, 4), (1, 2, 5, 3), dtype=torch.float32)
+    f = lambda q, k, v: FF.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.autograd.gradcheck(f, (q, k, v), eps=1e-2, atol=2e-2, rtol=2e-2)
+
+
+def reference_with_weights(q, k, v, mask=None, causal=False, scale=None):
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = q @ k.transpose(-2, -1) * scale
+    if causal:
+        s = s.masked_fill(~torch.ones(s.shape[-2:], dtype=torch.bool).tril(), float("-inf"))
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask
+    w = torch.softmax(s, dim=-1)
+    return w @ v, w
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_with_weights_output_weights_and_grads(causal):
+    q, k, v = leaves((2, 3, 9, 8), (2, 3, 14, 8), (2, 3, 14, 5))
+    mask = None if causal else torch.rand(9, 14) > 0.3
+    if mask is not None:
+        mask[:, 1] = True
+    out, w = FF.scaled_dot_product_attention_with_weights(q, k, v, attn_mask=mask, is_causal=causal)
+    ref_out, ref_w = reference_with_weights(q, k, v, mask, causal)
+    torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=0)
+    torch.testing.assert_close(w, ref_w, atol=1e-12, rtol=0)
+    go, gw = torch.randn_like(out), torch.randn_like(w)
+    got = torch.autograd.grad((out, w), (q, k, v), (go, gw))
+    want = torch.autograd.grad((ref_out, ref_w), (q, k, v), (go, gw))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
+    plain = FF.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    torch.testing.assert_close(out, plain, atol=1e-13, rtol=0)
+
+
+# ---- dropout ----
+
+def test_dropout_statistics():
+    p = 0.3
+    q, k, v = leaves((4, 4, 64, 16), (4, 4, 96, 16), (4, 4, 96, 16), dtype=torch.float32)
+    with torch.no_grad():
+        _, w = FF.scaled_dot_product_attention_with_weights(q, k, v, dropout_p=p)
+        _, w0 = FF.scaled_dot_product_attention_with_weights(q, k, v)
+    dropped = (w == 0).double().mean().item()
+    assert abs(dropped - p) < 0.01, dropped  # 393k Bernoulli draws: std 7e-4
+    kept = w != 0
+    torch.testing.assert_close(w[kept], (w0 / (1 - p))[kept], atol=1e-6, rtol=1e-5)
+    # Independent across rows and heads: the drop pattern of two heads is uncorrelated.
+    a, b = (w[0, 0] == 0).double().flatten(), (w[0, 1] == 0).double().flatten()
+    corr = torch.corrcoef(torch.stack([a, b]))[0, 1].item()
+    assert abs(corr) < 0.05
+
+
+def test_dropout_is_unbiased():
+    q, k, v = leaves((1, 2, 8, 8), (1, 2, 12, 8), (1, 2, 12, 8), dtype=torch.float32)
+    with torch.no_grad():
+        clean = FF.scaled_dot_product_attention(q, k, v)
+        mean = sum(FF.scaled_dot_product_attention(q, k, v, dropout_p=0.5) for _ in range(2000)) / 2000
+    assert (mean - clean).abs().max().item() < 0.08
+
+
+def test_dropout_reproducible_and_backward_consistent():
+    p = 0.25
+    q, k, v = leaves((2, 2, 11, 8), (2, 2, 13, 8), (2, 2, 13, 6))
+    torch.manual_seed(123)
+    out = FF.scaled_dot_product_attention(q, k, v, dropout_p=p)
+    torch.manual_seed(123)
+    out_w, w = FF.scaled_dot_product_attention_with_weights(q, k, v, dropout_p=p)
+    torch.testing.assert_close(out, out_w, atol=1e-13, rtol=0)
+    torch.testing.assert_close(out, w @ v, atol=1e-12, rtol=0)
+    # Backward vs autograd through softmax with the same (fixed) drop mask.
+    keep = (w != 0).detach()
+    _, probs = reference_with_weights(q, k, v)
+    ref = (probs * keep / (1 - p)) @ v
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    g = torch.randn_like(out)
+    want = torch.autograd.grad(ref, (q, k, v), g, retain_graph=True)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), want):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
+    # Gradient through the returned (dropped) weights as well.
+    gw = torch.randn_like(w)
+    got = torch.autograd.grad((out_w, w), (q, k, v), (g, gw))
+    want = torch.autograd.grad((ref, probs * keep / (1 - p)), (q, k, v), (g, gw))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
+
+
+# ---- custom-op machinery ----
+
+def test_opcheck():
+    q, k, v = leaves((2, 3, 5, 8), (2, 3, 7, 8), (2, 3, 7, 4), dtype=torch.float32)
+    mask = torch.randn(2, 3, 5, 7, requires_grad=True)
+    for args in [(q, k, v, None, 0.0, False, 0.35), (q, k, v, mask, 0.0, False, 0.35),
+                 (q, k, v, mask > 0, 0.0, True, 0.35)]:
+        torch.library.opcheck(ops.attention_forward, args)
+        torch.library.opcheck(ops.attention_forward_with_weights, args)
+    q, k, v, mask = (t.detach() for t in (q, k, v, mask))  # the backward has no double backward
+    out, lse, seed, w = ops.attention_forward_with_weights(q, k, v, mask, 0.0, False, 0.35)
+    go = torch.randn_like(out)
+    torch.library.opcheck(ops.attention_backward,
+                          (go, None, None, q, k, v, out, lse, mask, 0.0, False, 0.35, seed, True))
+    torch.library.opcheck(ops.attention_backward,
+                          (go, torch.randn_like(w), w, q, k, v, out, lse, mask > 0, 0.0, False, 0.35,
+                           seed, False))
+
+
+def test_torch_compile_fullgraph():
+    q, k, v = leaves((2, 2, 9, 8), (2, 2, 9, 8), (2, 2, 9, 8), dtype=torch.float32)
+    mask = torch.rand(9, 9) > 0.3
+    mask[:, 0] = True
+
+    def f(q, k, v):
+        out, w = FF.scaled_dot_product_attention_with_weights(q, k, v, attn_mask=mask)
+        return FF.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=0.1) + out, w
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.manual_seed(5)
+    out_c, w_c = compiled(q, k, v)
+    torch.manual_seed(5)
+    out_e, w_e = f(q, k, v)
+    torch.testing.assert_close(out_c, out_e)
+    torch.testing.assert_close(w_c, w_e)
+    gc = torch.autograd.grad(out_c.sum() + w_c.sum(), (q, k, v))
+    ge = torch.autograd.grad(out_e.sum() + w_e.sum(), (q, k, v))
+    for a, b in zip(gc, ge):
+        torch.testing.assert_close(a, b)
+
+
+def test_public_names():
+    # In a fresh interpreter: `import fastseq.nn as nn` alone must give fastseq's functional.
+    import subprocess
+    import sys
+    code = ("import fastseq.nn as nn, torch.nn.functional as F; "
+            "assert nn.functional.scaled_dot_product_attention.__module__ == 'fastseq.ops.attention'; "
+            "assert nn.functional.scaled_dot_product_attention_with_weights is not None; "
+            "assert nn.functional.softmax is F.softmax")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- CUDA (skipped without a GPU and a CUDA build) ----
+
+HAS_CUDA = torch.cuda.is_available() and fastseq._C.built_with_cuda()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build of fastseq")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_cuda_matches_torch(dtype, causal):
+    device = torch.device("cuda")
+    q64, k64, v64 = leaves((2, 4, 77, 64), (2, 4, 130, 64), (2, 4, 130, 64), device=device)
+    mask = None if causal else torch.rand(77, 130, device=device) > 0.2
+    if mask is not None:
+        mask[:, 0] = True
+    ref = torch_sdpa(q64, k64, v64, attn_mask=mask, is_causal=causal)
+    g = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, [q64, k64, v64], g)
+    low = [t.detach().to(dtype).requires_grad_() for t in (q64, k64, v64)]
+    ours = FF.scaled_dot_product_attention(*low, attn_mask=mask, is_causal=causal)
+    theirs = F.scaled_dot_product_attention(*low, attn_mask=mask, is_causal=causal)
+    our_grads = torch.autograd.grad(ours, low, g.to(dtype))
+    their_grads = torch.autograd.grad(theirs, low, g.to(dtype))
+    for o, t, r in zip([ours, *our_grads], [theirs, *their_grads], [ref, *ref_grads]):
+        err = (o.double() - r).abs().max().item()
+        torch_err = (t.double() - r).abs().max().item()
+        assert err <= 2 * torch_err + 1e-5
