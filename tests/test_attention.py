@@ -378,3 +378,76 @@ def test_cuda_matches_torch(dtype, causal):
         err = (o.double() - r).abs().max().item()
         torch_err = (t.double() - r).abs().max().item()
         assert err <= 2 * torch_err + 1e-5
+
+
+def test_blas_tile_path_matches_torch():
+    # The BLAS tile products (used without AVX-512) in a fresh process, forced by env.
+    import os
+    import subprocess
+    import sys
+    code = """
+import torch, torch.nn.functional as F
+import fastseq.nn.functional as FF
+from torch.nn.attention import SDPBackend, sdpa_kernel
+torch.manual_seed(0)
+for (L, S, E, Ev, causal, gqa) in [(37, 300, 64, 40, False, False), (70, 45, 16, 16, True, True)]:
+    q = torch.randn(2, 4, L, E, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 2 if gqa else 4, S, E, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 2 if gqa else 4, S, Ev, dtype=torch.float64, requires_grad=True)
+    mask = None if causal else torch.rand(L, S) > 0.2
+    if mask is not None:
+        mask[:, 0] = True
+    out = FF.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
+    with sdpa_kernel(SDPBackend.MATH):
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    o32, w32 = FF.scaled_dot_product_attention_with_weights(q.float(), k.float(), v.float(),
+        attn_mask=mask, is_causal=causal, enable_gqa=gqa)
+    torch.testing.assert_close(o32.double(), ref, atol=1e-5, rtol=0)
+"""
+    env = dict(os.environ, FASTSEQ_ATTN_GEMM="blas")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_with_weights_gqa_float_mask_grad():
+    q, k, v = leaves((2, 4, 7, 8), (2, 2, 10, 8), (2, 2, 10, 6))
+    mask = torch.randn(2, 1, 7, 10, dtype=torch.float64, requires_grad=True)
+    out, w = FF.scaled_dot_product_attention_with_weights(q, k, v, attn_mask=mask, enable_gqa=True)
+    kk, vv = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+    ref_out, ref_w = reference_with_weights(q, kk, vv, mask)
+    torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=0)
+    torch.testing.assert_close(w, ref_w, atol=1e-12, rtol=0)
+    go, gw = torch.randn_like(out), torch.randn_like(w)
+    got = torch.autograd.grad((out, w), (q, k, v, mask), (go, gw))
+    want = torch.autograd.grad((ref_out, ref_w), (q, k, v, mask), (go, gw))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
+
+
+def test_with_weights_bfloat16_close_to_reference():
+    q, k, v = leaves((1, 2, 33, 16), (1, 2, 65, 16), (1, 2, 65, 16))
+    out, w = FF.scaled_dot_product_attention_with_weights(
+        q.bfloat16(), k.bfloat16(), v.bfloat16(), is_causal=True)
+    ref_out, ref_w = reference_with_weights(q, k, v, causal=True)
+    assert out.dtype == w.dtype == torch.bfloat16
+    torch.testing.assert_close(w.double(), ref_w, atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(out.double(), ref_out, atol=3e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("Hq,Hk", [(1, 1), (4, 1)])
+def test_backward_split_over_key_tiles(Hq, Hk):
+    # Fewer (batch, key head) units than threads: the backward splits each unit's key tiles
+    # over threads and reduces dQ partial sums.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        q, k, v = leaves((1, Hq, 45, 16), (1, Hk, 700, 16), (1, Hk, 700, 8))
+        check_against_torch(q, k, v, enable_gqa=True)
+        check_against_torch(q, k, v, enable_gqa=True, is_causal=True)
+        mask = torch.randn(45, 700, dtype=torch.float64, requires_grad=True)
+        check_against_torch(q, k, v, enable_gqa=True, attn_mask=mask)
+    finally:
+        torch.set_num_threads(threads)

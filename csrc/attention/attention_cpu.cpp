@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "attention/attention_math.h"
+#include "attention/tile_gemm.h"
 
 extern "C" {
 // MKL / OpenBLAS inside libtorch export the Fortran GEMMs; ATen's cpublas::gemm wrappers are
@@ -64,6 +65,47 @@ void gemm_rowmajor(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, 
   blas_gemm(&cb, &ca, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
 }
 
+// With AVX-512 the tiles go through tile_gemm.h's register-blocked kernel: measured ~2.5x
+// the throughput of the BLAS torch links (MKL takes a 256-bit path on AMD) on 64 x 256 x 64
+// tiles, single thread, Zen 5. Elsewhere, or with FASTSEQ_ATTN_GEMM=blas (tests use it to
+// cover both paths), the BLAS serves.
+#if defined(__AVX512F__)
+const bool kTileGemm = [] {
+  const char* v = std::getenv("FASTSEQ_ATTN_GEMM");
+  return !(v && std::strcmp(v, "blas") == 0);
+}();
+#else
+constexpr bool kTileGemm = false;
+#endif
+
+// Row-major C[M,N] = alpha * op(A) op(B) + beta * C. A with trans_a is stored [K, M]. B with
+// trans_b is stored [N, K]; tile_gemm then needs it packed as row-major [K, N] in b_packed.
+template <typename T>
+void tile_product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
+                  const T* A, int64_t lda, const T* B, int64_t ldb, const T* b_packed, T beta,
+                  T* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (kTileGemm) {
+    const int64_t a_row = trans_a ? 1 : lda, a_col = trans_a ? lda : 1;
+    if (trans_b)
+      tile_gemm::gemm<T>(M, N, K, alpha, A, a_row, a_col, b_packed, N, beta, C, ldc);
+    else
+      tile_gemm::gemm<T>(M, N, K, alpha, A, a_row, a_col, B, ldb, beta, C, ldc);
+  } else {
+    gemm_rowmajor<T>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  }
+}
+
+// Packs a key or value tile [n, d] (row stride ld) as [d, n] for tile_product's trans_b.
+template <typename T>
+const T* pack_transposed(const T* src, int64_t n, int64_t d, int64_t ld, T* buf) {
+  if (kTileGemm) {
+    tile_gemm::transpose<T>(n, d, src, ld, buf, n);
+    return buf;
+  }
+  return nullptr;
+}
+
 enum class MaskKind { kNone, kBool, kAdditive };
 
 // Everything a kernel needs, as raw pointers and strides (0 strides for broadcast dims).
@@ -90,16 +132,18 @@ struct Problem {
   }
 };
 
-// Tile sizes: a query tile of rows shares each key/value tile it loads; the key tile bounds
-// the per-thread score buffer (block_q x block_k), kept within L2.
-int64_t env_block(const char* name, int64_t dflt) {
-  const char* v = std::getenv(name);
-  return v ? std::atoll(v) : dflt;
+// Tile sizes. Forward: a query tile of rows shares each key/value tile it loads; the key tile
+// bounds the per-thread score buffer (block_q x block_k floats, well within L2). Backward: the
+// same for its probability and dP tiles. FASTSEQ_ATTN_BLOCK_{Q,K}[_BWD] override them (tuning).
+int64_t tile_size(const char* env, int64_t fallback) {
+  const char* v = std::getenv(env);
+  const int64_t n = v ? std::atoll(v) : 0;
+  return n > 0 ? n : fallback;
 }
-const int64_t kBlockQ = env_block("FASTSEQ_BQ", 64);
-const int64_t kBlockK = env_block("FASTSEQ_BK", 256);
-const int64_t kBlockQB = env_block("FASTSEQ_BQB", 64);
-const int64_t kBlockKB = env_block("FASTSEQ_BKB", 128);
+const int64_t kBlockQ = tile_size("FASTSEQ_ATTN_BLOCK_Q", 64);
+const int64_t kBlockK = tile_size("FASTSEQ_ATTN_BLOCK_K", 256);
+const int64_t kBlockQB = tile_size("FASTSEQ_ATTN_BLOCK_Q_BWD", 64);
+const int64_t kBlockKB = tile_size("FASTSEQ_ATTN_BLOCK_K_BWD", 128);
 
 // A [rows, cols] slab with row stride ld as acc_t: the input itself when it already is acc_t,
 // else converted into buf (bfloat16 -> float), so that BLAS sees float.
@@ -234,7 +278,7 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
   // Per-thread tiles; with weights the scores of whole rows are kept (they are an output).
   const ThreadScratch<acc_t> scratch({Bq * (weights ? std::max<int64_t>(S, 1) : Bk), Bq * Ev, Bq,
                                       Bq, kConvert ? Bq * E : 0, kConvert ? Bk * E : 0,
-                                      kConvert ? Bk * Ev : 0});
+                                      kConvert ? Bk * Ev : 0, kTileGemm ? Bk * E : 0});
   at::parallel_for(0, P.B * P.Hq * n_q_tiles, 1, [&](int64_t begin, int64_t end) {
     acc_t* const scores = scratch.get(0);
     acc_t* const acc_out = scratch.get(1);
@@ -243,6 +287,7 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
     acc_t* const q_buf = scratch.get(4);
     acc_t* const k_buf = scratch.get(5);
     acc_t* const v_buf = scratch.get(6);
+    acc_t* const kt_buf = scratch.get(7);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t qt = task % n_q_tiles, bh = task / n_q_tiles;
       const int64_t h = bh % P.Hq, b = bh / P.Hq, hk = h / P.group;
@@ -265,7 +310,8 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
           const int64_t nk = std::min(Bk, kv_end - k0);
           const acc_t* ka = as_acc(k_head + k0 * P.k_ss, nk, E, P.k_ss, k_buf, ldk);
           const acc_t* va = as_acc(v_head + k0 * P.v_ss, nk, Ev, P.v_ss, v_buf, ldv);
-          gemm_rowmajor<acc_t>(false, true, nq, nk, E, P.scale, qa, ldq, ka, ldk, 0, s, nk);
+          const acc_t* kt = pack_transposed(ka, nk, E, ldk, kt_buf);
+          tile_product<acc_t>(false, true, nq, nk, E, P.scale, qa, ldq, ka, ldk, kt, 0, s, nk);
           for (int64_t r = 0; r < nq; ++r) {
             acc_t* srow = s + r * nk;
             mask_score_row(P, b, h, q0 + r, k0, nk, srow);
@@ -280,7 +326,7 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
             }
             if (dropout) apply_dropout_row(P, P.dropout_row(b, h, q0 + r), k0, nk, srow);
           }
-          gemm_rowmajor<acc_t>(false, false, nq, Ev, nk, 1, s, nk, va, ldv, 1, o, Ev);
+          tile_product<acc_t>(false, false, nq, Ev, nk, 1, s, nk, va, ldv, nullptr, 1, o, Ev);
         }
       } else {
         // Weights wanted: the rows are materialised anyway (they are the output), so the exact
@@ -289,7 +335,8 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
         for (int64_t k0 = 0; k0 < kv_end; k0 += Bk) {
           const int64_t nk = std::min(Bk, kv_end - k0);
           const acc_t* ka = as_acc(k_head + k0 * P.k_ss, nk, E, P.k_ss, k_buf, ldk);
-          gemm_rowmajor<acc_t>(false, true, nq, nk, E, P.scale, qa, ldq, ka, ldk, 0, s + k0, lds);
+          const acc_t* kt = pack_transposed(ka, nk, E, ldk, kt_buf);
+          tile_product<acc_t>(false, true, nq, nk, E, P.scale, qa, ldq, ka, ldk, kt, 0, s + k0, lds);
         }
         for (int64_t r = 0; r < nq; ++r) {
           const int64_t i = q0 + r;
@@ -310,7 +357,7 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
         for (int64_t k0 = 0; k0 < kv_end; k0 += Bk) {
           const int64_t nk = std::min(Bk, kv_end - k0);
           const acc_t* va = as_acc(v_head + k0 * P.v_ss, nk, Ev, P.v_ss, v_buf, ldv);
-          gemm_rowmajor<acc_t>(false, false, nq, Ev, nk, 1, s + k0, lds, va, ldv, 1, o, Ev);
+          tile_product<acc_t>(false, false, nq, Ev, nk, 1, s + k0, lds, va, ldv, nullptr, 1, o, Ev);
         }
       }
 
@@ -354,14 +401,30 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
   const int64_t Bk = std::max<int64_t>(1, std::min<int64_t>(kBlockKB, S));
   const bool dropout = P.dropout_p > 0.f;
 
+  // A task is one (batch, key head) unit, or a share of its key tiles when there are fewer
+  // units than threads: then each share sums dQ into its own partial buffer (reduced at the
+  // end), so that every thread has work. dK and dV of a key tile have a single owner.
+  const int64_t units = P.B * P.Hk;
+  const int64_t n_kv_tiles = (S + Bk - 1) / Bk;
+  const int64_t threads = at::get_num_threads();
+  const int64_t splits =
+      units >= threads ? 1 : std::max<int64_t>(1, std::min(n_kv_tiles, (threads + units - 1) / units));
+  const int64_t tiles_per_split = splits > 1 ? (n_kv_tiles + splits - 1) / splits : n_kv_tiles;
+  const int64_t dq_per_unit = G * L * E;
+  at::Tensor dq_partial;
+  if (splits > 1)
+    dq_partial = at::empty({splits, units, dq_per_unit},
+                           at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
+
   // dQ of the task's query heads is accumulated whole (G x L x E): O(L) per head.
-  const ThreadScratch<acc_t> scratch({G * L, G * L * E, Bk * E, Bk * Ev, Bq * Bk, Bq * Bk,
-                                      dropout ? Bq * Bk : 0, kConvert ? G * L * E : 0,
-                                      kConvert ? G * L * Ev : 0, kConvert ? Bk * E : 0,
-                                      kConvert ? Bk * Ev : 0});
-  at::parallel_for(0, P.B * P.Hk, 1, [&](int64_t begin, int64_t end) {
+  const ThreadScratch<acc_t> scratch({G * L, splits > 1 ? 0 : dq_per_unit, Bk * E, Bk * Ev,
+                                      Bq * Bk, Bq * Bk, dropout ? Bq * Bk : 0,
+                                      kConvert ? G * L * E : 0, kConvert ? G * L * Ev : 0,
+                                      kConvert ? Bk * E : 0, kConvert ? Bk * Ev : 0,
+                                      kTileGemm ? Bk * E : 0, kTileGemm ? Bk * Ev : 0});
+  at::parallel_for(0, units * splits, 1, [&](int64_t begin, int64_t end) {
     acc_t* const d_row = scratch.get(0);
-    acc_t* const dq_acc = scratch.get(1);
+    acc_t* const dq_scratch = scratch.get(1);
     acc_t* const dk_acc = scratch.get(2);
     acc_t* const dv_acc = scratch.get(3);
     acc_t* const p_tile = scratch.get(4);
@@ -371,11 +434,19 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
     acc_t* const do_full = scratch.get(8);
     acc_t* const k_buf = scratch.get(9);
     acc_t* const v_buf = scratch.get(10);
+    acc_t* const kt_buf = scratch.get(11);
+    acc_t* const vt_buf = scratch.get(12);
     std::vector<const acc_t*> q_heads(G), do_heads(G);
     std::vector<int64_t> q_ld(G), do_ld(G);
 
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / P.Hk, hk = task % P.Hk;
+      const int64_t unit = task / splits, split = task % splits;
+      const int64_t b = unit / P.Hk, hk = unit % P.Hk;
+      acc_t* const dq_acc = splits > 1
+                                ? dq_partial.data_ptr<acc_t>() + (split * units + unit) * dq_per_unit
+                                : dq_scratch;
+      const int64_t k_begin = split * tiles_per_split * Bk;
+      const int64_t k_end = std::min(S, (split + 1) * tiles_per_split * Bk);
       for (int64_t g = 0; g < G; ++g) {
         const int64_t h = hk * G + g, bh = b * P.Hq + h;
         q_heads[g] = as_acc(P.q + b * P.q_sb + h * P.q_sh, L, E, P.q_sl,
@@ -400,11 +471,13 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
       const scalar_t* k_head = P.k + b * P.k_sb + hk * P.k_sh;
       const scalar_t* v_head = P.v + b * P.v_sb + hk * P.v_sh;
 
-      for (int64_t k0 = 0; k0 < S; k0 += Bk) {
-        const int64_t nk = std::min(Bk, S - k0);
+      for (int64_t k0 = k_begin; k0 < k_end; k0 += Bk) {
+        const int64_t nk = std::min(Bk, k_end - k0);
         int64_t ldk, ldv;
         const acc_t* ka = as_acc(k_head + k0 * P.k_ss, nk, E, P.k_ss, k_buf, ldk);
         const acc_t* va = as_acc(v_head + k0 * P.v_ss, nk, Ev, P.v_ss, v_buf, ldv);
+        const acc_t* kt = pack_transposed(ka, nk, E, ldk, kt_buf);
+        const acc_t* vt = pack_transposed(va, nk, Ev, ldv, vt_buf);
         std::fill(dk_acc, dk_acc + nk * E, acc_t(0));
         std::fill(dv_acc, dv_acc + nk * Ev, acc_t(0));
         // Under causal, rows before k0 see none of these keys.
@@ -417,7 +490,7 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
             const acc_t* doa = do_heads[g] + q0 * do_ld[g];
             acc_t* p = p_tile;
             acc_t* dp = dp_tile;
-            gemm_rowmajor<acc_t>(false, true, nq, nk, E, P.scale, qa, q_ld[g], ka, ldk, 0, p, nk);
+            tile_product<acc_t>(false, true, nq, nk, E, P.scale, qa, q_ld[g], ka, ldk, kt, 0, p, nk);
             for (int64_t r = 0; r < nq; ++r) {
               acc_t* prow = p + r * nk;
               mask_score_row(P, b, h, q0 + r, k0, nk, prow);
@@ -433,9 +506,9 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
               pv = pd_tile;
             }
             // dV += Pd^T dO ; dP = dO V^T
-            gemm_rowmajor<acc_t>(true, false, nk, Ev, nq, 1, pv, nk, doa, do_ld[g], 1,
+            tile_product<acc_t>(true, false, nk, Ev, nq, 1, pv, nk, doa, do_ld[g], nullptr, 1,
                                  dv_acc, Ev);
-            gemm_rowmajor<acc_t>(false, true, nq, nk, Ev, 1, doa, do_ld[g], va, ldv, 0, dp, nk);
+            tile_product<acc_t>(false, true, nq, nk, Ev, 1, doa, do_ld[g], va, ldv, vt, 0, dp, nk);
             for (int64_t r = 0; r < nq; ++r) {
               const int64_t i = q0 + r;
               acc_t* dprow = dp + r * nk;
@@ -451,9 +524,9 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
               if (io.dmask) std::memcpy(io.dmask + (bh * L + i) * S + k0, dprow, nk * sizeof(acc_t));
             }
             // dQ += scale dS K ; dK += scale dS^T Q
-            gemm_rowmajor<acc_t>(false, false, nq, E, nk, P.scale, dp, nk, ka, ldk, 1,
+            tile_product<acc_t>(false, false, nq, E, nk, P.scale, dp, nk, ka, ldk, nullptr, 1,
                                  dq_acc + (g * L + q0) * E, E);
-            gemm_rowmajor<acc_t>(true, false, nk, E, nq, P.scale, dp, nk, qa, q_ld[g], 1,
+            tile_product<acc_t>(true, false, nk, E, nq, P.scale, dp, nk, qa, q_ld[g], nullptr, 1,
                                  dk_acc, E);
           }
         }
@@ -462,13 +535,24 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
         for (int64_t x = 0; x < nk * E; ++x) dk_dst[x] = static_cast<scalar_t>(dk_acc[x]);
         for (int64_t x = 0; x < nk * Ev; ++x) dv_dst[x] = static_cast<scalar_t>(dv_acc[x]);
       }
-      for (int64_t g = 0; g < G; ++g) {
-        scalar_t* dq_dst = io.dq + ((b * P.Hq + hk * G + g) * L) * E;
-        const acc_t* src = dq_acc + g * L * E;
-        for (int64_t x = 0; x < L * E; ++x) dq_dst[x] = static_cast<scalar_t>(src[x]);
+      if (splits == 1) {
+        // A unit's query heads are consecutive: its dQ is one contiguous G x L x E block.
+        scalar_t* dq_dst = io.dq + unit * dq_per_unit;
+        for (int64_t x = 0; x < dq_per_unit; ++x) dq_dst[x] = static_cast<scalar_t>(dq_acc[x]);
       }
     }
   });
+  if (splits > 1) {
+    const acc_t* partial = dq_partial.const_data_ptr<acc_t>();
+    const int64_t n = units * dq_per_unit;
+    at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t x = begin; x < end; ++x) {
+        acc_t sum = 0;
+        for (int64_t sp = 0; sp < splits; ++sp) sum += partial[sp * n + x];
+        io.dq[x] = static_cast<scalar_t>(sum);
+      }
+    });
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
