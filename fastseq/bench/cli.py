@@ -13,6 +13,7 @@ from .harness import format_summary, format_table, run_case
 SUITE_MODULES = [
     "fastseq.bench.models",
     "fastseq.bench.attention",
+    "fastseq.bench.mha",
 ]
 
 

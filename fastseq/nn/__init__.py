@@ -23,3 +23,7 @@ _sys.modules[__name__ + ".utils.rnn"] = _tnn.utils.rnn
 # ---- fused recurrent layers ----
 
 # ---- fused attention and transformer layers ----
+from .attention import MultiheadAttention  # noqa: E402,F401
+from .transformer import (  # noqa: E402,F401
+    Transformer, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
+    TransformerEncoderLayer)

@@ -1,0 +1,99 @@
+"""Benchmarks fastseq.nn.MultiheadAttention and TransformerEncoderLayer against torch.nn's
+(self-attention with a key padding mask, batch_first, need_weights True and False).
+
+torch's reference runs whatever path torch picks itself: in "infer" (eval, no_grad) that is
+its native fast path (_native_multi_head_attention / _transformer_encoder_layer_fwd).
+"""
+import itertools
+
+import torch
+
+from .harness import BenchCase
+
+
+def _padding_mask(B, L, device):
+    # Every sequence keeps at least 3/4 of its length: a typical batch of padded sentences.
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3 * L // 4, L + 1, (B,), generator=g)
+    lengths[0] = L
+    return (torch.arange(L)[None, :] >= lengths[:, None]).to(device)
+
+
+def _pair(make_ref, make_fast, device):
+    ref = make_ref().to(device)
+    fast = make_fast().to(device)
+    fast.load_state_dict(ref.state_dict(), strict=True)
+    return ref, fast
+
+
+def _runner(module, call, x, mode):
+    """Returns fn() running one forward (+ backward in train mode) and returning what to
+    compare: the outputs, then the gradients of the input and every parameter."""
+    params = list(module.parameters())
+    if mode == "infer":
+        module.eval()
+
+        def infer():
+            with torch.no_grad():
+                return call(module, x)
+        return infer
+    module.train()
+    x = x.detach().requires_grad_()
+    grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(x.device)
+
+    def train():
+        outs = call(module, x)
+        out = outs[0] if isinstance(outs, tuple) else outs
+        grads = torch.autograd.grad(out, [x] + params, grad_out)
+        return outs, grads
+    return train
+
+
+def mha_case(B, L, E, H, need_weights, mode, kpm, device):
+    def setup():
+        from .. import nn as fnn
+        ref, fast = _pair(lambda: torch.nn.MultiheadAttention(E, H, dropout=0.0, batch_first=True),
+                          lambda: fnn.MultiheadAttention(E, H, dropout=0.0, batch_first=True), device)
+        x = torch.randn(B, L, E, device=device)
+        mask = _padding_mask(B, L, device) if kpm else None
+
+        def call(m, inp):
+            return m(inp, inp, inp, key_padding_mask=mask, need_weights=need_weights)
+        return _runner(ref, call, x, mode), _runner(fast, call, x, mode)
+
+    return BenchCase("mha", f"B={B} L={L} E={E} H={H} weights={'yes' if need_weights else 'no'}"
+                     f"{' kpm' if kpm else ''}", mode, "torch.nn.MultiheadAttention", setup,
+                     memory=True)
+
+
+def encoder_layer_case(B, L, E, H, mode, device):
+    def setup():
+        from .. import nn as fnn
+        args = (E, H, 4 * E, 0.0)
+        ref, fast = _pair(lambda: torch.nn.TransformerEncoderLayer(*args, batch_first=True),
+                          lambda: fnn.TransformerEncoderLayer(*args, batch_first=True), device)
+        x = torch.randn(B, L, E, device=device)
+        mask = _padding_mask(B, L, device)
+
+        def call(m, inp):
+            return m(inp, src_key_padding_mask=mask)
+        return _runner(ref, call, x, mode), _runner(fast, call, x, mode)
+
+    return BenchCase("encoder_layer", f"B={B} L={L} E={E} H={H} ff={4 * E} kpm", mode,
+                     "torch.nn.TransformerEncoderLayer", setup, memory=True)
+
+
+def cases(suite, device):
+    if suite == "small":
+        return [mha_case(8, 256, 256, 4, True, "train", True, device),
+                mha_case(8, 256, 256, 4, True, "infer", True, device),
+                encoder_layer_case(8, 256, 256, 4, "train", device)]
+    out = []
+    for L, (E, H), nw, mode in itertools.product((256, 512, 1024), ((256, 4), (512, 8)),
+                                                 (True, False), ("train", "infer")):
+        out.append(mha_case(8, L, E, H, nw, mode, True, device))
+    for L, mode in itertools.product((256, 1024), ("train", "infer")):
+        out.append(mha_case(8, L, 256, 4, True, mode, False, device))
+    for L, (E, H), mode in itertools.product((256, 512), ((256, 4), (512, 8)), ("train", "infer")):
+        out.append(encoder_layer_case(8, L, E, H, mode, device))
+    return out
