@@ -93,6 +93,9 @@ def _setup_context(ctx, inputs, output):
     ctx.mask_grad = (attn_mask is not None and attn_mask.is_floating_point()
                      and ctx.needs_input_grad[3])
     ctx.args = (dropout_p, is_causal, scale)
+    # An unused weights output must reach backward as None, not as a materialised
+    # (N, H, L, S) zero tensor that the fused backward would then read.
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(query, key, value, out, lse, seed, attn_mask, weights)
 
 
@@ -136,6 +139,7 @@ class _EagerAttention(torch.autograd.Function):
         out, lse, weights = _C.attention_forward(query, key, value, attn_mask, dropout_p,
                                                  is_causal, scale, seed, with_weights)
         ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)  # see _setup_context: no zero (N, H, L, S) grad
         ctx.args = (dropout_p, is_causal, scale, seed, with_weights)
         ctx.save_for_backward(query, key, value, out, lse, attn_mask, weights)
         return (out, weights) if with_weights else out
