@@ -7,6 +7,7 @@
 // ---- lstm declarations ----
 
 // ---- gru / rnn declarations ----
+#include "gru_rnn/gru_rnn.h"
 
 // ---- attention declarations ----
 
@@ -27,6 +28,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // ---- lstm bindings ----
 
   // ---- gru / rnn bindings ----
+  m.def("gru_forward", &fastseq::gru_forward, "fused GRU, one layer and direction over a sequence",
+        py::arg("input"), py::arg("hx"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"),
+        py::arg("batch_sizes"), py::arg("reverse"), py::arg("need_workspace"));
+  m.def("gru_backward", &fastseq::gru_backward, "backward through time of gru_forward",
+        py::arg("grad_output"), py::arg("grad_hy"), py::arg("input"), py::arg("hx"), py::arg("w_ih"),
+        py::arg("w_hh"), py::arg("output"), py::arg("workspace"), py::arg("batch_sizes"), py::arg("reverse"),
+        py::arg("need_input_grad"));
+  m.def("rnn_forward", &fastseq::rnn_forward, "fused Elman RNN (tanh/relu), one layer and direction",
+        py::arg("input"), py::arg("hx"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"),
+        py::arg("batch_sizes"), py::arg("reverse"), py::arg("nonlinearity"));
+  m.def("rnn_backward", &fastseq::rnn_backward, "backward through time of rnn_forward",
+        py::arg("grad_output"), py::arg("grad_hy"), py::arg("input"), py::arg("hx"), py::arg("w_ih"),
+        py::arg("w_hh"), py::arg("output"), py::arg("batch_sizes"), py::arg("reverse"), py::arg("nonlinearity"),
+        py::arg("need_input_grad"));
 
   // ---- attention bindings ----
 }
