@@ -62,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_loop(
   at::Tensor gh = at::empty({B, 3 * H}, opts);
   at::Tensor h = h0.clone();
   at::Tensor out = rows_buffer({T, B, H}, opts, plan.packed);
-  at::Tensor ws = need_workspace ? at::empty({T, B, 4 * H}, acc_opts) : at::empty({0}, acc_opts);
+  at::Tensor ws = need_workspace ? rows_buffer({T, B, 4 * H}, acc_opts, plan.packed) : at::empty({0}, acc_opts);
   const at::Tensor w_hh_t = w_hh.t();
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = step_time(plan, s, T), rows = plan.rows[t];
