@@ -121,9 +121,9 @@ class RNNCell(torch.nn.RNNCell):
     """torch.nn.RNNCell (tanh or relu) with one fused step; as fastseq.nn.GRUCell."""
 
     def forward(self, input: Tensor, hx=None) -> Tensor:
-        if self.nonlinearity not in _NONLINEARITIES:
-            raise ValueError(f"{type(self).__name__}: nonlinearity must be 'tanh' or 'relu', "
-                             f"got {self.nonlinearity!r}")
+        if self.nonlinearity not in _NONLINEARITIES:  # RuntimeError, as torch.nn.RNNCell raises
+            raise RuntimeError(f"{type(self).__name__}: nonlinearity must be 'tanh' or 'relu', "
+                               f"got {self.nonlinearity!r}")
         if _cell_fallback(self, input):
             return super().forward(input, hx)
         input, hx, batched = _cell_inputs(self, input, hx)
