@@ -36,9 +36,9 @@ def op_call(kind):
             lambda x, h, w, bs, rev: rnn_layer_reference(nl)(x, (h,), w, bs, rev))
 
 
-def layer_weights(kind, I, H, bias, dtype, device="cpu"):
+def layer_weights(kind, I, H, bias, dtype, device="cpu", scale=0.5):
     G = 3 if kind == "gru" else 1
-    mk = lambda *s: (torch.randn(*s, dtype=dtype, device=device) * 0.5).requires_grad_()
+    mk = lambda *s: (torch.randn(*s, dtype=dtype, device=device) * scale).requires_grad_()
     return (mk(G * H, I), mk(G * H, H), mk(G * H) if bias else None, mk(G * H) if bias else None)
 
 
@@ -90,6 +90,27 @@ def test_op_matches_reference(device, kind, dtype, shape, reverse, packed):
     seeds = [torch.randn_like(out), torch.randn_like(hn)]
     inputs = [x, h0, *w]
     assert_close_all(grads_of([out, hn], inputs, seeds), grads_of([ref_out, ref_hn], inputs, seeds), **TOL[dtype])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("reverse,packed", [(False, False), (True, True)])
+def test_op_several_chunks_match_reference(kind, reverse, packed):
+    # Big enough that the loops split the sequence into several chunks of steps (a few MB
+    # each): forward's input projection and backward's weight gradients cross chunk borders.
+    T, B, I, H = 41, 64, 5, 131
+    fused, reference = op_call(kind)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
+    # torch.nn's init scale: keeps 41 steps of H = 131 from amplifying rounding chaotically.
+    w = layer_weights(kind, I, H, True, torch.float64, scale=H ** -0.5)
+    bs = torch.sort(torch.randint(1, B + 1, (T,)), descending=True).values if packed else None
+    out, hn = fused(x, h0, *w, batch_sizes=bs, reverse=reverse)
+    ref_out, (ref_hn,) = reference(x, h0, w, bs, reverse)
+    assert_close_all([out, hn], [ref_out, ref_hn], **TOL[torch.float64])
+    seeds = [torch.randn_like(out), torch.randn_like(hn)]
+    inputs = [x, h0, *w]
+    assert_close_all(grads_of([out, hn], inputs, seeds), grads_of([ref_out, ref_hn], inputs, seeds),
+                     **TOL[torch.float64])
 
 
 @pytest.mark.parametrize("kind", KINDS)
