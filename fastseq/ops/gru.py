@@ -44,15 +44,19 @@ def _(grad_output, grad_hy, input, hx, w_ih, w_hh, output, workspace, batch_size
             w_ih.new_empty(G), w_ih.new_empty(G)]
 
 
-def _setup_context(ctx, inputs, output):
-    input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, _ = inputs
-    out, _, ws = output
+def _save(ctx, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, out, ws):
     ctx.save_for_backward(input, hx, w_ih, w_hh, out, ws, batch_sizes)
     ctx.reverse = reverse
     ctx.has_bias = (b_ih is not None, b_hh is not None)
 
 
+def _setup_context(ctx, inputs, output):
+    *layer_inputs, _need_workspace = inputs
+    _save(ctx, *layer_inputs, output[0], output[2])
+
+
 def _backward(ctx, grad_out, grad_hy, backward_fn):
+    """Gradients of (input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)."""
     input, hx, w_ih, w_hh, out, ws, batch_sizes = ctx.saved_tensors
     if ws.numel() == 0 and out.numel() != 0:
         raise RuntimeError("fastseq gru: backward needs the workspace of a forward run with "
@@ -61,30 +65,28 @@ def _backward(ctx, grad_out, grad_hy, backward_fn):
         zeros_if_none(grad_out, out), zeros_if_none(grad_hy, hx), input, hx, w_ih, w_hh, out, ws,
         batch_sizes, ctx.reverse, ctx.needs_input_grad[0])
     return (dx if ctx.needs_input_grad[0] else None, dh, dw_ih, dw_hh,
-            db_ih if ctx.has_bias[0] else None, db_hh if ctx.has_bias[1] else None, None, None, None)
+            db_ih if ctx.has_bias[0] else None, db_hh if ctx.has_bias[1] else None, None, None)
 
 
 def _op_backward(ctx, grad_out, grad_hy, _grad_ws):
-    return _backward(ctx, grad_out, grad_hy, torch.ops.fastseq.gru_backward)
+    return _backward(ctx, grad_out, grad_hy, torch.ops.fastseq.gru_backward) + (None,)
 
 
 gru_forward.register_autograd(_op_backward, setup_context=_setup_context)
 
 
 class _GRUEager(torch.autograd.Function):
-    """The same forward/backward as the custom ops, called on fastseq._C directly."""
+    """The same forward/backward as the custom ops, called on fastseq._C directly. Old-style
+    (forward takes ctx): torch 2.13's apply costs ~60 us more per call with setup_context."""
 
     @staticmethod
-    def forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, need_workspace):
-        return tuple(_C.gru_forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, need_workspace))
+    def forward(ctx, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse):
+        out, h_n, ws = _C.gru_forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, True)
+        _save(ctx, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, out, ws)
+        return out, h_n
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        _setup_context(ctx, inputs, output)
-        ctx.mark_non_differentiable(output[2])
-
-    @staticmethod
-    def backward(ctx, grad_out, grad_hy, _grad_ws):
+    def backward(ctx, grad_out, grad_hy):
         return _backward(ctx, grad_out, grad_hy, _C.gru_backward)
 
 
@@ -95,9 +97,13 @@ def gru(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Te
 
     batch_sizes (int64 cpu [T], non-increasing): only rows < batch_sizes[t] step at time t;
     the others keep their state and output 0 (PackedSequence semantics)."""
-    need_ws = needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh)
-    fn = torch.ops.fastseq.gru_forward if use_custom_op() else _GRUEager.apply
-    out, h_n, _ = fn(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, need_ws)
+    if use_custom_op():
+        need_ws = needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh)
+        out, h_n, _ = torch.ops.fastseq.gru_forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, need_ws)
+        return out, h_n
+    if needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh):
+        return _GRUEager.apply(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
+    out, h_n, _ = _C.gru_forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, False)
     return out, h_n
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .._ext import _C
-from ._gru_rnn_common import use_custom_op, zeros_if_none
+from ._gru_rnn_common import needs_grad, use_custom_op, zeros_if_none
 
 
 @torch.library.custom_op("fastseq::rnn_forward", mutates_args=())
@@ -42,14 +42,18 @@ def _(grad_output, grad_hy, input, hx, w_ih, w_hh, output, batch_sizes, reverse,
             w_ih.new_empty(H), w_ih.new_empty(H)]
 
 
-def _setup_context(ctx, inputs, output):
-    input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity = inputs
-    ctx.save_for_backward(input, hx, w_ih, w_hh, output[0], batch_sizes)
+def _save(ctx, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity, out):
+    ctx.save_for_backward(input, hx, w_ih, w_hh, out, batch_sizes)
     ctx.reverse, ctx.nonlinearity = reverse, nonlinearity
     ctx.has_bias = (b_ih is not None, b_hh is not None)
 
 
+def _setup_context(ctx, inputs, output):
+    _save(ctx, *inputs, output[0])
+
+
 def _backward(ctx, grad_out, grad_hy, backward_fn):
+    """Gradients of (input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity)."""
     input, hx, w_ih, w_hh, out, batch_sizes = ctx.saved_tensors
     dx, dh, dw_ih, dw_hh, db_ih, db_hh = backward_fn(
         zeros_if_none(grad_out, out), zeros_if_none(grad_hy, hx), input, hx, w_ih, w_hh, out,
@@ -66,13 +70,14 @@ rnn_forward.register_autograd(_op_backward, setup_context=_setup_context)
 
 
 class _RNNEager(torch.autograd.Function):
-    """The same forward/backward as the custom ops, called on fastseq._C directly."""
+    """The same forward/backward as the custom ops, called on fastseq._C directly. Old-style
+    (forward takes ctx): torch 2.13's apply costs ~60 us more per call with setup_context."""
 
     @staticmethod
-    def forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity):
-        return tuple(_C.rnn_forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity))
-
-    setup_context = staticmethod(_setup_context)
+    def forward(ctx, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity):
+        out, h_n = _C.rnn_forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity)
+        _save(ctx, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity, out)
+        return out, h_n
 
     @staticmethod
     def backward(ctx, grad_out, grad_hy):
@@ -85,8 +90,11 @@ def rnn(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Te
     """Differentiable fused Elman RNN layer: h' = act(W_ih x + b_ih + W_hh h + b_hh),
     input [T, B, I], hx [B, H] -> (output [T, B, H], h_n [B, H]); batch_sizes as in
     fastseq.ops.gru.gru."""
-    fn = torch.ops.fastseq.rnn_forward if use_custom_op() else _RNNEager.apply
-    return fn(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity)
+    if use_custom_op():
+        return torch.ops.fastseq.rnn_forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity)
+    if needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh):
+        return _RNNEager.apply(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity)
+    return tuple(_C.rnn_forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity))
 
 
 def rnn_layer(nonlinearity: str):
