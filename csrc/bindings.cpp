@@ -34,14 +34,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_backward", &fastseq::gru_backward, "backward through time of gru_forward",
         py::arg("grad_output"), py::arg("grad_hy"), py::arg("input"), py::arg("hx"), py::arg("w_ih"),
         py::arg("w_hh"), py::arg("output"), py::arg("workspace"), py::arg("batch_sizes"), py::arg("reverse"),
-        py::arg("need_input_grad"));
+        py::arg("need_input_grad"), py::arg("need_hx_grad"));
   m.def("rnn_forward", &fastseq::rnn_forward, "fused Elman RNN (tanh/relu), one layer and direction",
         py::arg("input"), py::arg("hx"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"),
         py::arg("batch_sizes"), py::arg("reverse"), py::arg("nonlinearity"));
+  m.def("gru_cell_forward", &fastseq::gru_cell_forward, "one fused GRU step (GRUCell)", py::arg("input"),
+        py::arg("hx"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("need_workspace"));
+  m.def("rnn_cell_forward", &fastseq::rnn_cell_forward, "one fused Elman RNN step (RNNCell)", py::arg("input"),
+        py::arg("hx"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("nonlinearity"));
+  m.def("gru_cell", &fastseq::gru_cell, "one fused GRU step with its autograd (C++ node)", py::arg("input"),
+        py::arg("hx"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"));
+  m.def("rnn_cell", &fastseq::rnn_cell, "one fused Elman RNN step with its autograd (C++ node)", py::arg("input"),
+        py::arg("hx"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("nonlinearity"));
   m.def("rnn_backward", &fastseq::rnn_backward, "backward through time of rnn_forward",
         py::arg("grad_output"), py::arg("grad_hy"), py::arg("input"), py::arg("hx"), py::arg("w_ih"),
         py::arg("w_hh"), py::arg("output"), py::arg("batch_sizes"), py::arg("reverse"), py::arg("nonlinearity"),
-        py::arg("need_input_grad"));
+        py::arg("need_input_grad"), py::arg("need_hx_grad"));
 
   // ---- attention bindings ----
 }

@@ -110,7 +110,7 @@ def test_gru_rnn_op_bad_backward_input():
     out, hn, ws = fastseq._C.gru_forward(**a)
     base = dict(grad_output=torch.randn_like(out), grad_hy=torch.randn_like(hn), input=a["input"], hx=a["hx"],
                 w_ih=a["w_ih"], w_hh=a["w_hh"], output=out, workspace=ws, batch_sizes=None, reverse=False,
-                need_input_grad=True)
+                need_input_grad=True, need_hx_grad=True)
     with pytest.raises(RuntimeError, match=r"grad_output must have shape \[3, 2, 5\], got \[3, 2, 4\]"):
         fastseq._C.gru_backward(**{**base, "grad_output": torch.randn(3, 2, 4)})
     with pytest.raises(RuntimeError, match=r"workspace must have shape \[3, 2, 20\], got \[0\]"):

@@ -153,7 +153,7 @@ def test_opcheck_gru():
     out, hn, ws = torch.ops.fastseq.gru_forward(x, h0, *w, None, False, True)
     torch.library.opcheck(torch.ops.fastseq.gru_backward,
                           (torch.randn_like(out), torch.randn_like(hn), x.detach(), h0.detach(), w[0].detach(),
-                           w[1].detach(), out.detach(), ws.detach(), None, False, True))
+                           w[1].detach(), out.detach(), ws.detach(), None, False, True, True))
 
 
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
@@ -167,7 +167,7 @@ def test_opcheck_rnn(nonlinearity):
     out, hn = torch.ops.fastseq.rnn_forward(x, h0, *w, None, False, nonlinearity)
     torch.library.opcheck(torch.ops.fastseq.rnn_backward,
                           (torch.randn_like(out), torch.randn_like(hn), x.detach(), h0.detach(), w[0].detach(),
-                           w[1].detach(), out.detach(), None, False, nonlinearity, True))
+                           w[1].detach(), out.detach(), None, False, nonlinearity, True, False))
 
 
 @pytest.mark.parametrize("kind", ["gru", "rnn_relu"])
@@ -412,3 +412,25 @@ def test_cuda_half_matches_torch_within_twice_error():
             got = fast.cuda().to(dtype)(x.to(dtype))[0].double()
             torch_low = ref.cuda().to(dtype)(x.to(dtype))[0].double()
             assert (got - want).abs().max() <= 2 * (torch_low - want).abs().max() + 1e-3
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradients_when_input_or_state_needs_none(kind):
+    # Backward skips the GEMMs of d input / d h0 when autograd does not want them; the
+    # gradients it still returns must be unaffected.
+    ref, fast = make_pair(kind, 3, 4, num_layers=2)
+    x = torch.randn(5, 2, 3)
+    hx = torch.randn(2, 2, 4, requires_grad=True)
+    for inputs in ([x, hx], [x.requires_grad_(), None]):
+        out, hn = fast(*inputs)
+        ref_out, ref_hn = ref(*inputs)
+        wanted = [t for t in inputs if t is not None and t.requires_grad]
+        g = [torch.randn_like(out), torch.randn_like(hn)]
+        assert_close_all(grads_of([out, hn], wanted + list(fast.parameters()), g),
+                         grads_of([ref_out, ref_hn], wanted + list(ref.parameters()), g), **TOL[torch.float32])
+    rc, fc = cell_pair(kind, 3, 4)
+    h = torch.randn(2, 4, requires_grad=True)
+    xc = torch.randn(2, 3)
+    g = torch.randn(2, 4)
+    assert_close_all(grads_of([fc(xc, h)], [h, *fc.parameters()], [g]),
+                     grads_of([rc(xc, h)], [h, *rc.parameters()], [g]), **TOL[torch.float32])

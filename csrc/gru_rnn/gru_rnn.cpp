@@ -105,7 +105,41 @@ void check_backward_inputs(const char* op, int64_t gates, const at::Tensor& grad
   (void)gates;
 }
 
+// A cell's input is one step: checked as the T = 1 case of a layer.
+void check_cell_inputs(const char* op, int64_t gates, const at::Tensor& input, const at::Tensor& hx,
+                       const at::Tensor& w_ih, const at::Tensor& w_hh,
+                       const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh) {
+  check_dim(input, op, "input", 2);
+  check_layer_inputs(op, gates, input.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh);
+}
+
 }  // namespace
+
+std::tuple<at::Tensor, at::Tensor> gru_cell_forward(
+    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh, bool need_workspace) {
+  const char* op = "fastseq.gru_cell_forward";
+  check_cell_inputs(op, 3, input, hx, w_ih, w_hh, b_ih, b_hh);
+  c10::OptionalDeviceGuard guard(input.device());
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const int64_t H = hx.size(1);
+  return gru_rnn::gru_cell_forward_impl(backend_for(input), input, hx.contiguous(), w_ih, w_hh,
+                                        bias_or_zeros(b_ih, input, 3 * H), bias_or_zeros(b_hh, input, 3 * H),
+                                        need_workspace);
+}
+
+at::Tensor rnn_cell_forward(
+    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh, const std::string& nonlinearity) {
+  const char* op = "fastseq.rnn_cell_forward";
+  const bool relu = nonlinearity_is_relu(op, nonlinearity);
+  check_cell_inputs(op, 1, input, hx, w_ih, w_hh, b_ih, b_hh);
+  c10::OptionalDeviceGuard guard(input.device());
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const int64_t H = hx.size(1);
+  return gru_rnn::rnn_cell_forward_impl(backend_for(input), input, hx.contiguous(), w_ih, w_hh,
+                                        bias_or_zeros(b_ih, input, H), bias_or_zeros(b_hh, input, H), relu);
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
@@ -127,7 +161,7 @@ std::vector<at::Tensor> gru_backward(
     const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
     const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const at::Tensor& output, const at::Tensor& workspace,
-    const std::optional<at::Tensor>& batch_sizes, bool reverse, bool need_input_grad) {
+    const std::optional<at::Tensor>& batch_sizes, bool reverse, bool need_input_grad, bool need_hx_grad) {
   const char* op = "fastseq.gru_backward";
   check_layer_inputs(op, 3, input, hx, w_ih, w_hh, std::nullopt, std::nullopt);
   check_backward_inputs(op, 3, grad_output, grad_hy, input, hx, output);
@@ -143,7 +177,7 @@ std::vector<at::Tensor> gru_backward(
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   return gru_rnn::gru_backward_loop(backend_for(input), grad_output.contiguous(), grad_hy.contiguous(),
                                     input.contiguous(), hx.contiguous(), w_ih.contiguous(), w_hh.contiguous(),
-                                    output.contiguous(), workspace.contiguous(), plan, need_input_grad);
+                                    output.contiguous(), workspace.contiguous(), plan, need_input_grad, need_hx_grad);
 }
 
 std::tuple<at::Tensor, at::Tensor> rnn_forward(
@@ -167,7 +201,7 @@ std::vector<at::Tensor> rnn_backward(
     const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
     const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const at::Tensor& output, const std::optional<at::Tensor>& batch_sizes, bool reverse,
-    const std::string& nonlinearity, bool need_input_grad) {
+    const std::string& nonlinearity, bool need_input_grad, bool need_hx_grad) {
   const char* op = "fastseq.rnn_backward";
   const bool relu = nonlinearity_is_relu(op, nonlinearity);
   check_layer_inputs(op, 1, input, hx, w_ih, w_hh, std::nullopt, std::nullopt);
@@ -178,7 +212,7 @@ std::vector<at::Tensor> rnn_backward(
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   return gru_rnn::rnn_backward_loop(backend_for(input), grad_output.contiguous(), grad_hy.contiguous(),
                                     input.contiguous(), hx.contiguous(), w_ih.contiguous(), w_hh.contiguous(),
-                                    output.contiguous(), plan, relu, need_input_grad);
+                                    output.contiguous(), plan, relu, need_input_grad, need_hx_grad);
 }
 
 }  // namespace fastseq

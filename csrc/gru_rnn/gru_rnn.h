@@ -20,12 +20,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
     const std::optional<at::Tensor>& batch_sizes, bool reverse, bool need_workspace);
 
-// Returns {d input (empty when !need_input_grad), d hx, d w_ih, d w_hh, d b_ih, d b_hh}.
+// Returns {d input, d hx, d w_ih, d w_hh, d b_ih, d b_hh}; d input / d hx are empty tensors
+// when not needed (skipping their GEMMs: for a cell, d hx is one of its four GEMMs).
 std::vector<at::Tensor> gru_backward(
     const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
     const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const at::Tensor& output, const at::Tensor& workspace,
-    const std::optional<at::Tensor>& batch_sizes, bool reverse, bool need_input_grad);
+    const std::optional<at::Tensor>& batch_sizes, bool reverse, bool need_input_grad, bool need_hx_grad);
 
 // nonlinearity: "tanh" or "relu". Returns (output [T, B, H], h_n [B, H]); backward needs
 // only the output (both activations' derivatives are functions of it).
@@ -38,6 +39,25 @@ std::vector<at::Tensor> rnn_backward(
     const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input,
     const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const at::Tensor& output, const std::optional<at::Tensor>& batch_sizes, bool reverse,
-    const std::string& nonlinearity, bool need_input_grad);
+    const std::string& nonlinearity, bool need_input_grad, bool need_hx_grad);
+
+// Single steps for GRUCell / RNNCell with little per-call work (no time loop, no copies):
+// input [B, I], hx [B, H]. gru_cell_forward returns (h' [B, H], workspace [B or 0, 4H]); the
+// backward of both is gru_backward / rnn_backward with T = 1 (output = h'[None]).
+std::tuple<at::Tensor, at::Tensor> gru_cell_forward(
+    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh, bool need_workspace);
+
+at::Tensor rnn_cell_forward(
+    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh, const std::string& nonlinearity);
+
+// The same steps with their autograd (C++ nodes, for the eager hot path of the cells).
+at::Tensor gru_cell(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh);
+
+at::Tensor rnn_cell(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+                    const std::string& nonlinearity);
 
 }  // namespace fastseq

@@ -58,13 +58,15 @@ void gru_forward_step(const GruStepForward& p) {
   const T* gh = static_cast<const T*>(p.gh);
   const T* bi = static_cast<const T*>(p.b_ih);
   const T* bh = static_cast<const T*>(p.b_hh);
-  T* h = static_cast<T*>(p.h);
+  const T* h_in = static_cast<const T*>(p.h_in);
+  T* h_out = static_cast<T*>(p.h_out);
   T* out = static_cast<T*>(p.out);
   acc_t* ws = static_cast<acc_t*>(p.ws);
   for_each_row(p.rows, H, [&](int64_t b) {
     const T* gi_b = gi + b * 3 * H;
     const T* gh_b = gh + b * 3 * H;
-    T* h_b = h + b * H;
+    const T* h_in_b = h_in + b * H;
+    T* h_b = h_out + b * H;
     T* out_b = out + b * H;
     acc_t* ws_b = ws ? ws + b * 4 * H : nullptr;
     if constexpr (kVectorised<T>) {
@@ -75,7 +77,7 @@ void gru_forward_step(const GruStepForward& p) {
         const V gh_n = ld(gh_b, 2) + ld(bh, 2);
         gru_forward_point<VecMath>(ld(gi_b, 0) + ld(bi, 0), ld(gi_b, 1) + ld(bi, 1),
                                    ld(gi_b, 2) + ld(bi, 2), ld(gh_b, 0) + ld(bh, 0),
-                                   ld(gh_b, 1) + ld(bh, 1), gh_n, V::loadu(h_b + j, n), r, z, g, h_new);
+                                   ld(gh_b, 1) + ld(bh, 1), gh_n, V::loadu(h_in_b + j, n), r, z, g, h_new);
         h_new.store(h_b + j, n);
         h_new.store(out_b + j, n);
         if (ws_b) {
@@ -93,7 +95,7 @@ void gru_forward_step(const GruStepForward& p) {
         gru_forward_point<ScalarMath>(at_gate(gi_b, 0) + at_gate(bi, 0), at_gate(gi_b, 1) + at_gate(bi, 1),
                                       at_gate(gi_b, 2) + at_gate(bi, 2), at_gate(gh_b, 0) + at_gate(bh, 0),
                                       at_gate(gh_b, 1) + at_gate(bh, 1), gh_n,
-                                      static_cast<acc_t>(h_b[j]), r, z, g, h_new);
+                                      static_cast<acc_t>(h_in_b[j]), r, z, g, h_new);
         h_b[j] = static_cast<T>(h_new);
         out_b[j] = static_cast<T>(h_new);
         if (ws_b) {

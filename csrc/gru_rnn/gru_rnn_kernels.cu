@@ -42,7 +42,8 @@ __global__ void gru_forward_step_kernel(GruStepForward s) {
   const T* gh = static_cast<const T*>(s.gh);
   const T* bi = static_cast<const T*>(s.b_ih);
   const T* bh = static_cast<const T*>(s.b_hh);
-  T* h = static_cast<T*>(s.h);
+  const T* h_in = static_cast<const T*>(s.h_in);
+  T* h_out = static_cast<T*>(s.h_out);
   T* out = static_cast<T*>(s.out);
   acc_t* ws = static_cast<acc_t*>(s.ws);
   FASTSEQ_GRID_STRIDE(i, s.rows * H) {
@@ -51,9 +52,9 @@ __global__ void gru_forward_step_kernel(GruStepForward s) {
     const acc_t gh_n = load(gh, g + 2 * H) + load(bh, j + 2 * H);
     gru_forward_point<ScalarMath>(load(gi, g) + load(bi, j), load(gi, g + H) + load(bi, j + H),
                                   load(gi, g + 2 * H) + load(bi, j + 2 * H), load(gh, g) + load(bh, j),
-                                  load(gh, g + H) + load(bh, j + H), gh_n, static_cast<acc_t>(load(h, i)),
+                                  load(gh, g + H) + load(bh, j + H), gh_n, static_cast<acc_t>(load(h_in, i)),
                                   r, z, n, h_new);
-    store(h, i, h_new);
+    store(h_out, i, h_new);
     store(out, i, h_new);
     if (ws) {
       acc_t* w = ws + b * 4 * H + j;

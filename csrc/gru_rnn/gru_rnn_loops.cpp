@@ -123,28 +123,40 @@ struct WeightGrads {
 template <class Step>
 WeightGrads backward_steps(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& out, at::Tensor& dh,
                            const at::Tensor& w_ih, const at::Tensor& w_hh, const SequencePlan& plan,
-                           bool need_input_grad, bool shared_dgh, bool replace_dh, const Step& step) {
+                           bool need_input_grad, bool need_hx_grad, bool shared_dgh, bool replace_dh,
+                           const Step& step) {
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1), G = w_ih.size(0);
   const auto opts = x.options();
   const auto acc_opts = opts.dtype(at::toOpMathType(x.scalar_type()));
   const int64_t K = chunk_steps(T, B * ((shared_dgh ? 1 : 2) * G + H) * x.element_size());
+  // One chunk (short sequences, cells): the gradients come straight from single GEMMs, with
+  // no accumulators, which matters for the per-call cost of a cell's backward.
+  const bool one_chunk = K >= T;
   at::Tensor dgi = at::empty({K, B, G}, opts);
   at::Tensor dgh = shared_dgh ? dgi : at::empty({K, B, G}, opts);
-  at::Tensor prev = at::empty({K, B, H}, opts);
-  WeightGrads g{need_input_grad ? at::empty({T, B, I}, opts) : at::empty({0}, opts),
-                at::zeros({G, I}, acc_opts), at::zeros({G, H}, acc_opts), at::zeros({G}, acc_opts),
-                shared_dgh ? at::Tensor() : at::zeros({G}, acc_opts)};
+  // A single step's previous state is h0 itself.
+  const bool prev_is_h0 = T == 1;
+  at::Tensor prev = prev_is_h0 ? h0.unsqueeze(0) : at::empty({K, B, H}, opts);
+  WeightGrads g;
+  g.dx = need_input_grad ? at::empty({T, B, I}, opts) : at::empty({0}, opts);
+  if (!one_chunk) {
+    g.dw_ih = at::zeros({G, I}, acc_opts);
+    g.dw_hh = at::zeros({G, H}, acc_opts);
+    g.db_ih = at::zeros({G}, acc_opts);
+    if (!shared_dgh) g.db_hh = at::zeros({G}, acc_opts);
+  }
   for (int64_t s_end = T; s_end > 0; s_end -= K) {
     const int64_t n = std::min(K, s_end), s0 = s_end - n, lo = chunk_first_time(plan, s0, n, T);
     if (plan.packed) {
       dgi.zero_();
       if (!shared_dgh) dgh.zero_();
     }
-    previous_states(prev, out, h0, plan, lo, n);
+    if (!prev_is_h0) previous_states(prev, out, h0, plan, lo, n);
     for (int64_t s = s_end - 1; s >= s0; --s) {
       const int64_t t = step_time(plan, s, T), rows = plan.rows[t];
       if (rows == 0) continue;
       step(t, rows, row_ptr(dgi, t - lo), row_ptr(dgh, t - lo), row_ptr(prev, t - lo));
+      if (s == 0 && !need_hx_grad) continue;  // what would flow on is d h0 only
       at::Tensor dh_rows = first_rows(dh, rows);
       const at::Tensor dgh_rows = first_rows(dgh[t - lo], rows);
       if (replace_dh) at::mm_out(dh_rows, dgh_rows, w_hh);
@@ -152,14 +164,30 @@ WeightGrads backward_steps(const at::Tensor& x, const at::Tensor& h0, const at::
     }
     const at::Tensor dgi2 = dgi.narrow(0, 0, n).view({n * B, G});
     const at::Tensor dgh2 = dgh.narrow(0, 0, n).view({n * B, G});
-    accumulate_mm(g.dw_ih, dgi2.t(), x.narrow(0, lo, n).view({n * B, I}));
-    accumulate_mm(g.dw_hh, dgh2.t(), prev.narrow(0, 0, n).view({n * B, H}));
-    g.db_ih.add_(dgi2.sum(0));
-    if (!shared_dgh) g.db_hh.add_(dgh2.sum(0));
+    const at::Tensor x2 = x.narrow(0, lo, n).view({n * B, I});
+    const at::Tensor prev2 = prev.narrow(0, 0, n).view({n * B, H});
+    if (one_chunk) {
+      g.dw_ih = at::mm(dgi2.t(), x2);
+      g.dw_hh = at::mm(dgh2.t(), prev2);
+      g.db_ih = dgi2.sum(0);
+      if (!shared_dgh) g.db_hh = dgh2.sum(0);
+    } else {
+      accumulate_mm(g.dw_ih, dgi2.t(), x2);
+      accumulate_mm(g.dw_hh, dgh2.t(), prev2);
+      g.db_ih.add_(dgi2.sum(0));
+      if (!shared_dgh) g.db_hh.add_(dgh2.sum(0));
+    }
     if (need_input_grad) {
       at::Tensor dx_chunk = g.dx.narrow(0, lo, n).view({n * B, I});
       at::mm_out(dx_chunk, dgi2, w_ih);
     }
+  }
+  if (T == 0) {
+    g.dw_ih = at::zeros({G, I}, opts);
+    g.dw_hh = at::zeros({G, H}, opts);
+    g.db_ih = at::zeros({G}, opts);
+    g.db_hh = at::zeros({G}, opts);
+    return g;
   }
   const auto dtype = x.scalar_type();
   g.dw_ih = g.dw_ih.to(dtype);
@@ -183,7 +211,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_loop(
   at::Tensor ws = need_workspace ? rows_buffer({T, B, 4 * H}, acc_opts, plan.packed) : at::empty({0}, acc_opts);
   const auto dtype = x.scalar_type();
   forward_steps(x, h, w_ih, w_hh, plan, [&](int64_t t, int64_t rows, void* gi_t, void* gh) {
-    GruStepForward step{gi_t, gh, b_ih.data_ptr(), b_hh.data_ptr(), h.data_ptr(), row_ptr(out, t),
+    GruStepForward step{gi_t, gh, b_ih.data_ptr(), b_hh.data_ptr(), h.data_ptr(), h.data_ptr(), row_ptr(out, t),
                         need_workspace ? row_ptr(ws, t) : nullptr, rows, H};
     backend.gru_forward(dtype, step);
   });
@@ -193,17 +221,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_loop(
 std::vector<at::Tensor> gru_backward_loop(
     const PointwiseBackend& backend, const at::Tensor& grad_out, const at::Tensor& grad_hy,
     const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const at::Tensor& out, const at::Tensor& ws, const SequencePlan& plan, bool need_input_grad) {
+    const at::Tensor& out, const at::Tensor& ws, const SequencePlan& plan, bool need_input_grad,
+    bool need_hx_grad) {
   const int64_t H = h0.size(1);
   at::Tensor dh = grad_hy.clone();
   const auto dtype = x.scalar_type();
   WeightGrads g = backward_steps(
-      x, h0, out, dh, w_ih, w_hh, plan, need_input_grad, /*shared_dgh=*/false, /*replace_dh=*/false,
+      x, h0, out, dh, w_ih, w_hh, plan, need_input_grad, need_hx_grad, /*shared_dgh=*/false, /*replace_dh=*/false,
       [&](int64_t t, int64_t rows, void* dgi_t, void* dgh_t, void* prev_t) {
         GruStepBackward step{row_ptr(grad_out, t), dh.data_ptr(), prev_t, row_ptr(ws, t), dgi_t, dgh_t, rows, H};
         backend.gru_backward(dtype, step);
       });
-  return {g.dx, dh, g.dw_ih, g.dw_hh, g.db_ih, g.db_hh};
+  return {g.dx, need_hx_grad ? dh : at::empty({0}, dh.options()), g.dw_ih, g.dw_hh, g.db_ih, g.db_hh};
 }
 
 std::tuple<at::Tensor, at::Tensor> rnn_forward_loop(
@@ -224,17 +253,45 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward_loop(
 std::vector<at::Tensor> rnn_backward_loop(
     const PointwiseBackend& backend, const at::Tensor& grad_out, const at::Tensor& grad_hy,
     const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const at::Tensor& out, const SequencePlan& plan, bool relu, bool need_input_grad) {
+    const at::Tensor& out, const SequencePlan& plan, bool relu, bool need_input_grad, bool need_hx_grad) {
   const int64_t H = h0.size(1);
   at::Tensor dh = grad_hy.clone();
   const auto dtype = x.scalar_type();
   WeightGrads g = backward_steps(
-      x, h0, out, dh, w_ih, w_hh, plan, need_input_grad, /*shared_dgh=*/true, /*replace_dh=*/true,
+      x, h0, out, dh, w_ih, w_hh, plan, need_input_grad, need_hx_grad, /*shared_dgh=*/true, /*replace_dh=*/true,
       [&](int64_t t, int64_t rows, void* da_t, void*, void*) {
         RnnStepBackward step{row_ptr(grad_out, t), dh.data_ptr(), row_ptr(out, t), da_t, rows, H, relu};
         backend.rnn_backward(dtype, step);
       });
-  return {g.dx, dh, g.dw_ih, g.dw_hh, g.db_ih, g.db_hh};
+  return {g.dx, need_hx_grad ? dh : at::empty({0}, dh.options()), g.dw_ih, g.dw_hh, g.db_ih, g.db_hh};
+}
+
+std::tuple<at::Tensor, at::Tensor> gru_cell_forward_impl(
+    const PointwiseBackend& backend, const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh, bool need_workspace) {
+  const int64_t B = x.size(0), H = h.size(1);
+  const at::Tensor gi = at::mm(x, w_ih.t()), gh = at::mm(h, w_hh.t());
+  at::Tensor h_new = at::empty({B, H}, x.options());
+  const auto acc_opts = x.options().dtype(at::toOpMathType(x.scalar_type()));
+  at::Tensor ws = at::empty({need_workspace ? B : 0, 4 * H}, acc_opts);
+  if (B == 0) return {h_new, ws};
+  GruStepForward step{gi.data_ptr(), gh.data_ptr(), b_ih.data_ptr(), b_hh.data_ptr(), h.data_ptr(),
+                      h_new.data_ptr(), h_new.data_ptr(), need_workspace ? ws.data_ptr() : nullptr, B, H};
+  backend.gru_forward(x.scalar_type(), step);
+  return {h_new, ws};
+}
+
+at::Tensor rnn_cell_forward_impl(
+    const PointwiseBackend& backend, const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh, bool relu) {
+  const int64_t B = x.size(0), H = h.size(1);
+  const at::Tensor gi = at::mm(x, w_ih.t()), gh = at::mm(h, w_hh.t());
+  at::Tensor h_new = at::empty({B, H}, x.options());
+  if (B == 0) return h_new;
+  RnnStepForward step{gi.data_ptr(), gh.data_ptr(), b_ih.data_ptr(), b_hh.data_ptr(), h_new.data_ptr(),
+                      h_new.data_ptr(), B, H, relu};
+  backend.rnn_forward(x.scalar_type(), step);
+  return h_new;
 }
 
 }  // namespace gru_rnn

@@ -28,7 +28,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_loop(
 std::vector<at::Tensor> gru_backward_loop(
     const PointwiseBackend& backend, const at::Tensor& grad_out, const at::Tensor& grad_hy,
     const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const at::Tensor& out, const at::Tensor& ws, const SequencePlan& plan, bool need_input_grad);
+    const at::Tensor& out, const at::Tensor& ws, const SequencePlan& plan, bool need_input_grad,
+    bool need_hx_grad);
 
 std::tuple<at::Tensor, at::Tensor> rnn_forward_loop(
     const PointwiseBackend& backend, const at::Tensor& x, const at::Tensor& h0,
@@ -38,7 +39,16 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward_loop(
 std::vector<at::Tensor> rnn_backward_loop(
     const PointwiseBackend& backend, const at::Tensor& grad_out, const at::Tensor& grad_hy,
     const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const at::Tensor& out, const SequencePlan& plan, bool relu, bool need_input_grad);
+    const at::Tensor& out, const SequencePlan& plan, bool relu, bool need_input_grad, bool need_hx_grad);
+
+// One step with no time loop, for the cells: x [B, I], h [B, H] -> h' (and the workspace).
+std::tuple<at::Tensor, at::Tensor> gru_cell_forward_impl(
+    const PointwiseBackend& backend, const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh, bool need_workspace);
+
+at::Tensor rnn_cell_forward_impl(
+    const PointwiseBackend& backend, const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh, bool relu);
 
 }  // namespace gru_rnn
 }  // namespace fastseq

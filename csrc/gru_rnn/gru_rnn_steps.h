@@ -15,8 +15,9 @@ struct GruStepForward {
   const void* gh;    // [rows, 3H] W_hh h (no bias)
   const void* b_ih;  // [3H]
   const void* b_hh;  // [3H]
-  void* h;           // [rows, H] state: read h, write h'
-  void* out;         // [rows, H] output at this step (h')
+  const void* h_in;  // [rows, H] state before the step
+  void* h_out;       // [rows, H] state after the step (may alias h_in: each element is read first)
+  void* out;         // [rows, H] output at this step (h'; may alias h_out)
   void* ws;          // [rows, 4H] acc: r, z, n, W_hn h + b_hn for backward; null when not training
   int64_t rows, hidden;
 };

@@ -4,7 +4,7 @@ fused kernels; the stack work (layers, directions, packing, dropout) is the shar
 import torch
 from torch import Tensor
 
-from .._ext import require_cuda_build
+from .._ext import _C, require_cuda_build
 from ..ops.gru import gru_cell, gru_layer
 from ..ops.rnn import rnn_cell, rnn_layer
 from ._recurrent import run_recurrent_stack
@@ -58,23 +58,19 @@ class RNN(torch.nn.RNN):
 
 def _cell_inputs(cell, input, hx):
     """Checks a cell's (input, hx) as torch does and returns them batched, plus whether the
-    input was batched; hx None becomes zeros."""
+    input was batched (hx None becomes zeros), or None when torch's own forward must run it
+    (float16 on CPU). Cheap on purpose: cells run once per step from Python loops."""
     name = type(cell).__name__
     if not isinstance(input, Tensor):
         raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
-    if input.dim() not in (1, 2):
-        raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead "
-                         f"(input shape {list(input.shape)})")
-    if not input.is_floating_point():
-        raise ValueError(f"{name}: input must be a floating-point tensor, got dtype {input.dtype}")
     w = cell.weight_ih
-    if input.dtype != w.dtype:
-        raise ValueError(f"{name}: input dtype ({input.dtype}) does not match weight dtype ({w.dtype})")
-    if input.device != w.device:
-        raise RuntimeError(f"{name}: input is on {input.device} but the weights are on {w.device}")
-    if input.size(-1) != cell.input_size:
-        raise RuntimeError(f"{name}: input.size(-1) must be equal to input_size. Expected "
-                           f"{cell.input_size}, got {input.size(-1)}")
+    if input.dtype != w.dtype or input.device != w.device or input.dim() not in (1, 2) \
+            or input.size(-1) != cell.input_size or not input.is_floating_point():
+        _raise_bad_cell_input(cell, input)
+    if input.is_cuda and not _C.built_with_cuda():
+        require_cuda_build(input.device)
+    if input.dtype == torch.float16 and not input.is_cuda:
+        return None
     batched = input.dim() == 2
     if not batched:
         input = input.unsqueeze(0)
@@ -82,7 +78,7 @@ def _cell_inputs(cell, input, hx):
         return input, input.new_zeros(input.size(0), cell.hidden_size), batched
     if not isinstance(hx, Tensor):
         raise TypeError(f"{name}: hx must be a Tensor, got {type(hx).__name__}")
-    if hx.dim() != input.dim() - (0 if batched else 1):
+    if hx.dim() != (2 if batched else 1):
         raise RuntimeError(f"{name}: Expected hidden to be {2 if batched else 1}D for "
                            f"{'batched' if batched else 'unbatched'} input, got {hx.dim()}D")
     if not batched:
@@ -97,11 +93,19 @@ def _cell_inputs(cell, input, hx):
     return input, hx, batched
 
 
-def _cell_fallback(cell, input) -> bool:
-    if isinstance(input, Tensor):
-        require_cuda_build(input.device)
-        return input.is_floating_point() and input.dtype == cell.weight_ih.dtype and not _fused_dtype(input)
-    return False
+def _raise_bad_cell_input(cell, input):
+    name, w = type(cell).__name__, cell.weight_ih
+    if input.dim() not in (1, 2):
+        raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead "
+                         f"(input shape {list(input.shape)})")
+    if not input.is_floating_point():
+        raise ValueError(f"{name}: input must be a floating-point tensor, got dtype {input.dtype}")
+    if input.dtype != w.dtype:
+        raise ValueError(f"{name}: input dtype ({input.dtype}) does not match weight dtype ({w.dtype})")
+    if input.device != w.device:
+        raise RuntimeError(f"{name}: input is on {input.device} but the weights are on {w.device}")
+    raise RuntimeError(f"{name}: input.size(-1) must be equal to input_size. Expected "
+                       f"{cell.input_size}, got {input.size(-1)}")
 
 
 class GRUCell(torch.nn.GRUCell):
@@ -110,9 +114,10 @@ class GRUCell(torch.nn.GRUCell):
     float16 on CPU."""
 
     def forward(self, input: Tensor, hx=None) -> Tensor:
-        if _cell_fallback(self, input):
+        checked = _cell_inputs(self, input, hx)
+        if checked is None:
             return super().forward(input, hx)
-        input, hx, batched = _cell_inputs(self, input, hx)
+        input, hx, batched = checked
         h = gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         return h if batched else h.squeeze(0)
 
@@ -124,8 +129,9 @@ class RNNCell(torch.nn.RNNCell):
         if self.nonlinearity not in _NONLINEARITIES:  # RuntimeError, as torch.nn.RNNCell raises
             raise RuntimeError(f"{type(self).__name__}: nonlinearity must be 'tanh' or 'relu', "
                                f"got {self.nonlinearity!r}")
-        if _cell_fallback(self, input):
+        checked = _cell_inputs(self, input, hx)
+        if checked is None:
             return super().forward(input, hx)
-        input, hx, batched = _cell_inputs(self, input, hx)
+        input, hx, batched = checked
         h = rnn_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity)
         return h if batched else h.squeeze(0)

@@ -29,18 +29,19 @@ def _(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, need_workspace):
 @torch.library.custom_op("fastseq::gru_backward", mutates_args=())
 def gru_backward(grad_output: Tensor, grad_hy: Tensor, input: Tensor, hx: Tensor, w_ih: Tensor,
                  w_hh: Tensor, output: Tensor, workspace: Tensor, batch_sizes: Optional[Tensor],
-                 reverse: bool, need_input_grad: bool) -> List[Tensor]:
-    """-> [d input (empty unless need_input_grad), d hx, d w_ih, d w_hh, d b_ih, d b_hh]."""
+                 reverse: bool, need_input_grad: bool, need_hx_grad: bool) -> List[Tensor]:
+    """-> [d input, d hx, d w_ih, d w_hh, d b_ih, d b_hh]; d input / d hx empty unless needed."""
     return _C.gru_backward(grad_output, grad_hy, input, hx, w_ih, w_hh, output, workspace,
-                           batch_sizes, reverse, need_input_grad)
+                           batch_sizes, reverse, need_input_grad, need_hx_grad)
 
 
 @gru_backward.register_fake
 def _(grad_output, grad_hy, input, hx, w_ih, w_hh, output, workspace, batch_sizes, reverse,
-      need_input_grad):
+      need_input_grad, need_hx_grad):
     G = w_ih.size(0)
     dx = torch.empty_like(input) if need_input_grad else input.new_empty(0)
-    return [dx, torch.empty_like(hx), torch.empty_like(w_ih), torch.empty_like(w_hh),
+    dh = torch.empty_like(hx) if need_hx_grad else hx.new_empty(0)
+    return [dx, dh, torch.empty_like(w_ih), torch.empty_like(w_hh),
             w_ih.new_empty(G), w_ih.new_empty(G)]
 
 
@@ -63,8 +64,8 @@ def _backward(ctx, grad_out, grad_hy, backward_fn):
                            "need_workspace=True (the forward ran without grad)")
     dx, dh, dw_ih, dw_hh, db_ih, db_hh = backward_fn(
         zeros_if_none(grad_out, out), zeros_if_none(grad_hy, hx), input, hx, w_ih, w_hh, out, ws,
-        batch_sizes, ctx.reverse, ctx.needs_input_grad[0])
-    return (dx if ctx.needs_input_grad[0] else None, dh, dw_ih, dw_hh,
+        batch_sizes, ctx.reverse, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+    return (dx if ctx.needs_input_grad[0] else None, dh if ctx.needs_input_grad[1] else None, dw_ih, dw_hh,
             db_ih if ctx.has_bias[0] else None, db_hh if ctx.has_bias[1] else None, None, None)
 
 
@@ -117,5 +118,11 @@ def gru_layer(x: Tensor, state: Tuple[Tensor], weights: tuple, batch_sizes: Opti
 
 def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
              b_hh: Optional[Tensor] = None) -> Tensor:
-    """One GRU step, input [B, I], hx [B, H] -> h' [B, H]: the T = 1 case of the layer op."""
-    return gru(input.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh)[1]
+    """One GRU step, input [B, I], hx [B, H] -> h' [B, H]. Eager: fastseq._C.gru_cell, whose
+    autograd node is C++ (a Python autograd.Function would cost more per step than torch's
+    own cell); under torch.compile: the layer custom op with T = 1."""
+    if use_custom_op():
+        return gru(input.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh)[1]
+    if needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh):
+        return _C.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
+    return _C.gru_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, False)[0]

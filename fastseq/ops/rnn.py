@@ -27,18 +27,19 @@ def _(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity):
 @torch.library.custom_op("fastseq::rnn_backward", mutates_args=())
 def rnn_backward(grad_output: Tensor, grad_hy: Tensor, input: Tensor, hx: Tensor, w_ih: Tensor,
                  w_hh: Tensor, output: Tensor, batch_sizes: Optional[Tensor], reverse: bool,
-                 nonlinearity: str, need_input_grad: bool) -> List[Tensor]:
-    """-> [d input (empty unless need_input_grad), d hx, d w_ih, d w_hh, d b_ih, d b_hh]."""
+                 nonlinearity: str, need_input_grad: bool, need_hx_grad: bool) -> List[Tensor]:
+    """-> [d input, d hx, d w_ih, d w_hh, d b_ih, d b_hh]; d input / d hx empty unless needed."""
     return _C.rnn_backward(grad_output, grad_hy, input, hx, w_ih, w_hh, output, batch_sizes,
-                           reverse, nonlinearity, need_input_grad)
+                           reverse, nonlinearity, need_input_grad, need_hx_grad)
 
 
 @rnn_backward.register_fake
 def _(grad_output, grad_hy, input, hx, w_ih, w_hh, output, batch_sizes, reverse, nonlinearity,
-      need_input_grad):
+      need_input_grad, need_hx_grad):
     H = w_ih.size(0)
     dx = torch.empty_like(input) if need_input_grad else input.new_empty(0)
-    return [dx, torch.empty_like(hx), torch.empty_like(w_ih), torch.empty_like(w_hh),
+    dh = torch.empty_like(hx) if need_hx_grad else hx.new_empty(0)
+    return [dx, dh, torch.empty_like(w_ih), torch.empty_like(w_hh),
             w_ih.new_empty(H), w_ih.new_empty(H)]
 
 
@@ -57,8 +58,8 @@ def _backward(ctx, grad_out, grad_hy, backward_fn):
     input, hx, w_ih, w_hh, out, batch_sizes = ctx.saved_tensors
     dx, dh, dw_ih, dw_hh, db_ih, db_hh = backward_fn(
         zeros_if_none(grad_out, out), zeros_if_none(grad_hy, hx), input, hx, w_ih, w_hh, out,
-        batch_sizes, ctx.reverse, ctx.nonlinearity, ctx.needs_input_grad[0])
-    return (dx if ctx.needs_input_grad[0] else None, dh, dw_ih, dw_hh,
+        batch_sizes, ctx.reverse, ctx.nonlinearity, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+    return (dx if ctx.needs_input_grad[0] else None, dh if ctx.needs_input_grad[1] else None, dw_ih, dw_hh,
             db_ih if ctx.has_bias[0] else None, db_hh if ctx.has_bias[1] else None, None, None, None)
 
 
@@ -108,5 +109,11 @@ def rnn_layer(nonlinearity: str):
 
 def rnn_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
              b_hh: Optional[Tensor] = None, nonlinearity: str = "tanh") -> Tensor:
-    """One RNN step, input [B, I], hx [B, H] -> h' [B, H]: the T = 1 case of the layer op."""
-    return rnn(input.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh, None, False, nonlinearity)[1]
+    """One RNN step, input [B, I], hx [B, H] -> h' [B, H]. Eager: fastseq._C.rnn_cell (C++
+    autograd node, as fastseq.ops.gru.gru_cell); under torch.compile: the layer custom op
+    with T = 1."""
+    if use_custom_op():
+        return rnn(input.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh, None, False, nonlinearity)[1]
+    if needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh):
+        return _C.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
+    return _C.rnn_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
