@@ -7,6 +7,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fastseq.nn as fnn
+from conftest import requires_cuda
 from fastseq.nn._recurrent import run_recurrent_stack
 from fastseq.ops import gru as gru_ops, rnn as rnn_ops
 from fastseq.ops.reference_gru_rnn import (gru_cell_reference, gru_layer_reference,
@@ -398,10 +399,8 @@ def test_cell_decoder_loop_matches_torch():
                      grads_of([h_ref.sum()], [xs, *ref.parameters()], None), **TOL[torch.float32])
 
 
+@requires_cuda
 def test_cuda_half_matches_torch_within_twice_error():
-    pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device and a CUDA build of fastseq")
     for kind in KINDS:
         for dtype in (torch.float16, torch.bfloat16):
             ref, fast = make_pair(kind, 16, 24, num_layers=2)

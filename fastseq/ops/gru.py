@@ -39,9 +39,9 @@ def gru_backward(grad_output: Tensor, grad_hy: Tensor, input: Tensor, hx: Tensor
 def _(grad_output, grad_hy, input, hx, w_ih, w_hh, output, workspace, batch_sizes, reverse,
       need_input_grad, need_hx_grad):
     G = w_ih.size(0)
-    dx = torch.empty_like(input) if need_input_grad else input.new_empty(0)
-    dh = torch.empty_like(hx) if need_hx_grad else hx.new_empty(0)
-    return [dx, dh, torch.empty_like(w_ih), torch.empty_like(w_hh),
+    dx = input.new_empty(input.shape) if need_input_grad else input.new_empty(0)
+    dh = hx.new_empty(hx.shape) if need_hx_grad else hx.new_empty(0)
+    return [dx, dh, w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
             w_ih.new_empty(G), w_ih.new_empty(G)]
 
 
