@@ -1,5 +1,6 @@
 // CPU backend of the GRU / RNN steps: one fused, vectorised (at::vec) pass per time step
 // over the active rows, running the formulas of gru_rnn_math.h; threads for large steps.
+// (The scalar policy of gru_rnn_math.h serves the CUDA kernels.)
 #include "gru_rnn/cpu_vec.h"  // first: selects the SIMD ISA for every ATen vec header
 
 #include <ATen/OpMathType.h>
@@ -27,9 +28,34 @@ struct VecMath {
   template <class V> static V relu_grad_from_output(V y) { return V::blendv(V(0), V(1), y > V(0)); }
 };
 
-// float and double run whole SIMD vectors; bfloat16 runs the scalar formulas in float.
+// Every dtype runs SIMD vectors of its accumulation type: float and double directly,
+// bfloat16 converted to float on load and rounded back on store.
 template <class T>
-constexpr bool kVectorised = std::is_same_v<T, float> || std::is_same_v<T, double>;
+using AccVec = Vectorized<at::opmath_type<T>>;
+
+template <class T>
+inline AccVec<T> load_acc(const T* p, int64_t n) {
+  using A = at::opmath_type<T>;
+  if constexpr (std::is_same_v<T, A>) {
+    return AccVec<T>::loadu(p, n);
+  } else {
+    __at_align__ A buf[AccVec<T>::size()] = {};
+    for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<A>(p[i]);
+    return AccVec<T>::loadu(buf);
+  }
+}
+
+template <class T>
+inline void store_acc(const AccVec<T>& v, T* p, int64_t n) {
+  using A = at::opmath_type<T>;
+  if constexpr (std::is_same_v<T, A>) {
+    v.store(p, n);
+  } else {
+    __at_align__ A buf[AccVec<T>::size()];
+    v.store(buf);
+    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(buf[i]);
+  }
+}
 
 // A step's pointwise pass is small (rows * H elements); spreading it over threads only pays
 // once it is large enough to amortise the fork.
@@ -46,13 +72,14 @@ void for_each_row(int64_t rows, int64_t hidden, const F& row_fn) {
 // Calls chunk(j, n) over [0, H) in SIMD-width pieces; n < width only for the tail.
 template <class T, class F>
 inline void for_each_chunk(int64_t H, const F& chunk) {
-  constexpr int64_t W = Vectorized<T>::size();
+  constexpr int64_t W = AccVec<T>::size();
   for (int64_t j = 0; j < H; j += W) chunk(j, std::min<int64_t>(W, H - j));
 }
 
 template <class T>
 void gru_forward_step(const GruStepForward& p) {
   using acc_t = at::opmath_type<T>;
+  using V = AccVec<T>;
   const int64_t H = p.hidden;
   const T* gi = static_cast<const T*>(p.gi);
   const T* gh = static_cast<const T*>(p.gh);
@@ -69,49 +96,29 @@ void gru_forward_step(const GruStepForward& p) {
     T* h_b = h_out + b * H;
     T* out_b = out + b * H;
     acc_t* ws_b = ws ? ws + b * 4 * H : nullptr;
-    if constexpr (kVectorised<T>) {
-      using V = Vectorized<T>;
-      for_each_chunk<T>(H, [&](int64_t j, int64_t n) {
-        auto ld = [&](const T* base, int64_t gate) { return V::loadu(base + gate * H + j, n); };
-        V r, z, g, h_new;
-        const V gh_n = ld(gh_b, 2) + ld(bh, 2);
-        gru_forward_point<VecMath>(ld(gi_b, 0) + ld(bi, 0), ld(gi_b, 1) + ld(bi, 1),
-                                   ld(gi_b, 2) + ld(bi, 2), ld(gh_b, 0) + ld(bh, 0),
-                                   ld(gh_b, 1) + ld(bh, 1), gh_n, V::loadu(h_in_b + j, n), r, z, g, h_new);
-        h_new.store(h_b + j, n);
-        h_new.store(out_b + j, n);
-        if (ws_b) {
-          r.store(ws_b + j, n);
-          z.store(ws_b + H + j, n);
-          g.store(ws_b + 2 * H + j, n);
-          gh_n.store(ws_b + 3 * H + j, n);
-        }
-      });
-    } else {
-      for (int64_t j = 0; j < H; ++j) {
-        auto at_gate = [&](const T* base, int64_t gate) { return static_cast<acc_t>(base[gate * H + j]); };
-        acc_t r, z, g, h_new;
-        const acc_t gh_n = at_gate(gh_b, 2) + at_gate(bh, 2);
-        gru_forward_point<ScalarMath>(at_gate(gi_b, 0) + at_gate(bi, 0), at_gate(gi_b, 1) + at_gate(bi, 1),
-                                      at_gate(gi_b, 2) + at_gate(bi, 2), at_gate(gh_b, 0) + at_gate(bh, 0),
-                                      at_gate(gh_b, 1) + at_gate(bh, 1), gh_n,
-                                      static_cast<acc_t>(h_in_b[j]), r, z, g, h_new);
-        h_b[j] = static_cast<T>(h_new);
-        out_b[j] = static_cast<T>(h_new);
-        if (ws_b) {
-          ws_b[j] = r;
-          ws_b[H + j] = z;
-          ws_b[2 * H + j] = g;
-          ws_b[3 * H + j] = gh_n;
-        }
+    for_each_chunk<T>(H, [&](int64_t j, int64_t n) {
+      auto ld = [&](const T* base, int64_t gate) { return load_acc(base + gate * H + j, n); };
+      V r, z, g, h_new;
+      const V gh_n = ld(gh_b, 2) + ld(bh, 2);
+      gru_forward_point<VecMath>(ld(gi_b, 0) + ld(bi, 0), ld(gi_b, 1) + ld(bi, 1), ld(gi_b, 2) + ld(bi, 2),
+                                 ld(gh_b, 0) + ld(bh, 0), ld(gh_b, 1) + ld(bh, 1), gh_n,
+                                 load_acc(h_in_b + j, n), r, z, g, h_new);
+      store_acc(h_new, h_b + j, n);
+      store_acc(h_new, out_b + j, n);
+      if (ws_b) {
+        r.store(ws_b + j, n);
+        z.store(ws_b + H + j, n);
+        g.store(ws_b + 2 * H + j, n);
+        gh_n.store(ws_b + 3 * H + j, n);
       }
-    }
+    });
   });
 }
 
 template <class T>
 void gru_backward_step(const GruStepBackward& p) {
   using acc_t = at::opmath_type<T>;
+  using V = AccVec<T>;
   const int64_t H = p.hidden;
   const T* grad_out = static_cast<const T*>(p.grad_out);
   T* dh = static_cast<T*>(p.dh);
@@ -126,40 +133,24 @@ void gru_backward_step(const GruStepBackward& p) {
     T* dh_b = dh + b * H;
     T* dgi_b = dgi + b * 3 * H;
     T* dgh_b = dgh + b * 3 * H;
-    if constexpr (kVectorised<T>) {
-      using V = Vectorized<T>;
-      for_each_chunk<T>(H, [&](int64_t j, int64_t n) {
-        auto ld = [&](const T* base) { return V::loadu(base + j, n); };
-        V d_ar, d_az, d_an, d_ghn, dh_direct;
-        gru_backward_point(ld(dh_b) + ld(go_b), ld(hp_b), ld(ws_b), ld(ws_b + H), ld(ws_b + 2 * H),
-                           ld(ws_b + 3 * H), d_ar, d_az, d_an, d_ghn, dh_direct);
-        d_ar.store(dgi_b + j, n);
-        d_az.store(dgi_b + H + j, n);
-        d_an.store(dgi_b + 2 * H + j, n);
-        d_ar.store(dgh_b + j, n);
-        d_az.store(dgh_b + H + j, n);
-        d_ghn.store(dgh_b + 2 * H + j, n);
-        dh_direct.store(dh_b + j, n);
-      });
-    } else {
-      for (int64_t j = 0; j < H; ++j) {
-        acc_t d_ar, d_az, d_an, d_ghn, dh_direct;
-        gru_backward_point(static_cast<acc_t>(dh_b[j]) + static_cast<acc_t>(go_b[j]),
-                           static_cast<acc_t>(hp_b[j]), ws_b[j], ws_b[H + j], ws_b[2 * H + j],
-                           ws_b[3 * H + j], d_ar, d_az, d_an, d_ghn, dh_direct);
-        dgi_b[j] = dgh_b[j] = static_cast<T>(d_ar);
-        dgi_b[H + j] = dgh_b[H + j] = static_cast<T>(d_az);
-        dgi_b[2 * H + j] = static_cast<T>(d_an);
-        dgh_b[2 * H + j] = static_cast<T>(d_ghn);
-        dh_b[j] = static_cast<T>(dh_direct);
-      }
-    }
+    for_each_chunk<T>(H, [&](int64_t j, int64_t n) {
+      auto ws_at = [&](int64_t gate) { return V::loadu(ws_b + gate * H + j, n); };
+      V d_ar, d_az, d_an, d_ghn, dh_direct;
+      gru_backward_point(load_acc(dh_b + j, n) + load_acc(go_b + j, n), load_acc(hp_b + j, n), ws_at(0),
+                         ws_at(1), ws_at(2), ws_at(3), d_ar, d_az, d_an, d_ghn, dh_direct);
+      store_acc(d_ar, dgi_b + j, n);
+      store_acc(d_az, dgi_b + H + j, n);
+      store_acc(d_an, dgi_b + 2 * H + j, n);
+      store_acc(d_ar, dgh_b + j, n);
+      store_acc(d_az, dgh_b + H + j, n);
+      store_acc(d_ghn, dgh_b + 2 * H + j, n);
+      store_acc(dh_direct, dh_b + j, n);
+    });
   });
 }
 
 template <class T, bool kRelu>
 void rnn_forward_step(const RnnStepForward& p) {
-  using acc_t = at::opmath_type<T>;
   const int64_t H = p.hidden;
   const T* gi = static_cast<const T*>(p.gi);
   const T* gh = static_cast<const T*>(p.gh);
@@ -168,32 +159,18 @@ void rnn_forward_step(const RnnStepForward& p) {
   T* h = static_cast<T*>(p.h);
   T* out = static_cast<T*>(p.out);
   for_each_row(p.rows, H, [&](int64_t b) {
-    const T* gi_b = gi + b * H;
-    const T* gh_b = gh + b * H;
-    T* h_b = h + b * H;
-    T* out_b = out + b * H;
-    if constexpr (kVectorised<T>) {
-      using V = Vectorized<T>;
-      for_each_chunk<T>(H, [&](int64_t j, int64_t n) {
-        auto ld = [&](const T* base) { return V::loadu(base + j, n); };
-        const V h_new = rnn_forward_point<kRelu, VecMath>(ld(gi_b) + ld(bi), ld(gh_b) + ld(bh));
-        h_new.store(h_b + j, n);
-        h_new.store(out_b + j, n);
-      });
-    } else {
-      for (int64_t j = 0; j < H; ++j) {
-        const acc_t h_new = rnn_forward_point<kRelu, ScalarMath>(
-            static_cast<acc_t>(gi_b[j]) + static_cast<acc_t>(bi[j]),
-            static_cast<acc_t>(gh_b[j]) + static_cast<acc_t>(bh[j]));
-        h_b[j] = out_b[j] = static_cast<T>(h_new);
-      }
-    }
+    const int64_t o = b * H;
+    for_each_chunk<T>(H, [&](int64_t j, int64_t n) {
+      auto ld = [&](const T* base) { return load_acc(base + j, n); };
+      const auto h_new = rnn_forward_point<kRelu, VecMath>(ld(gi + o) + ld(bi), ld(gh + o) + ld(bh));
+      store_acc(h_new, h + o + j, n);
+      store_acc(h_new, out + o + j, n);
+    });
   });
 }
 
 template <class T, bool kRelu>
 void rnn_backward_step(const RnnStepBackward& p) {
-  using acc_t = at::opmath_type<T>;
   const int64_t H = p.hidden;
   const T* grad_out = static_cast<const T*>(p.grad_out);
   const T* dh = static_cast<const T*>(p.dh);
@@ -201,19 +178,10 @@ void rnn_backward_step(const RnnStepBackward& p) {
   T* da = static_cast<T*>(p.da);
   for_each_row(p.rows, H, [&](int64_t b) {
     const int64_t o = b * H;
-    if constexpr (kVectorised<T>) {
-      using V = Vectorized<T>;
-      for_each_chunk<T>(H, [&](int64_t j, int64_t n) {
-        auto ld = [&](const T* base) { return V::loadu(base + o + j, n); };
-        rnn_backward_point<kRelu, VecMath>(ld(dh) + ld(grad_out), ld(h_new)).store(da + o + j, n);
-      });
-    } else {
-      for (int64_t j = 0; j < H; ++j) {
-        da[o + j] = static_cast<T>(rnn_backward_point<kRelu, ScalarMath>(
-            static_cast<acc_t>(dh[o + j]) + static_cast<acc_t>(grad_out[o + j]),
-            static_cast<acc_t>(h_new[o + j])));
-      }
-    }
+    for_each_chunk<T>(H, [&](int64_t j, int64_t n) {
+      auto ld = [&](const T* base) { return load_acc(base + o + j, n); };
+      store_acc(rnn_backward_point<kRelu, VecMath>(ld(dh) + ld(grad_out), ld(h_new)), da + o + j, n);
+    });
   });
 }
 
