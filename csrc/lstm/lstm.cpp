@@ -91,6 +91,7 @@ LayerShape check_layer_args(const char* op, const at::Tensor& input, const at::T
                             const std::optional<at::Tensor>& b_ih,
                             const std::optional<at::Tensor>& b_hh,
                             const std::optional<at::Tensor>& w_hr) {
+  check_device_supported(input, op, "input");
   check_dim(input, op, "input", 3);
   check_dim(c0, op, "c0", 2);
   check_dim(w_hh, op, "w_hh", 2);
@@ -158,6 +159,7 @@ std::vector<at::Tensor> lstm_cell_forward(const at::Tensor& input, const at::Ten
                                           const std::optional<at::Tensor>& b_ih,
                                           const std::optional<at::Tensor>& b_hh) {
   const char* op = "lstm_cell_forward";
+  check_device_supported(input, op, "input");
   check_dim(input, op, "input", 2);
   check_dim(c, op, "c", 2);
   const int64_t B = input.size(0), I = input.size(1), H = c.size(1);
@@ -180,6 +182,7 @@ std::vector<at::Tensor> lstm_cell_backward(
     const at::Tensor& input, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih,
     const at::Tensor& w_hh, bool has_bias, const at::Tensor& gates, const at::Tensor& c_next) {
   const char* op = "lstm_cell_backward";
+  check_device_supported(input, op, "input");
   check_dim(input, op, "input", 2);
   check_dim(c, op, "c", 2);
   const int64_t B = input.size(0), I = input.size(1), H = c.size(1);

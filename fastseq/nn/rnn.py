@@ -1,0 +1,101 @@
+"""Drop-in fused LSTM and LSTMCell: subclasses of the torch modules (same constructor,
+parameters, initialisation and state_dict) whose forward runs fastseq's fused kernels."""
+import torch
+from torch import Tensor
+
+from .._ext import require_cuda_build
+from ..ops.lstm import lstm_cell, lstm_layer
+from ._recurrent import run_recurrent_stack
+
+# Dynamo refuses to trace any instance of torch.nn.RNN/GRU/LSTM (their forward calls _VF
+# kernels it cannot see into) unless allow_rnn is set. fastseq's subclasses are plain
+# Python down to the custom ops, so they trace; the switch is global, and also lets
+# Dynamo try torch's own RNN modules instead of breaking the graph at them.
+import torch._dynamo  # noqa: E402
+
+torch._dynamo.config.allow_rnn = True
+
+
+def _fused_dtype(t: Tensor) -> bool:
+    """dtypes the fused kernels cover: float32/float64/bfloat16 on CPU; on CUDA float16 too."""
+    if t.dtype in (torch.float32, torch.float64, torch.bfloat16):
+        return True
+    return t.dtype == torch.float16 and t.device.type == "cuda"
+
+
+class LSTM(torch.nn.LSTM):
+    """torch.nn.LSTM with a fused forward and backward through time.
+
+    Every torch.nn.LSTM feature is supported: batched / unbatched input, given or default
+    (h_0, c_0), PackedSequence in and out, bidirectional, num_layers, proj_size,
+    batch_first, bias=False and inter-layer dropout. Dropout follows torch's semantics (a
+    dropout mask on each layer's output but the last, in training) but draws its random
+    numbers differently, so with dropout > 0 in training the masks differ from torch's
+    for the same seed.
+
+    Falls back to torch.nn.LSTM's own forward (not fused) only for a dtype the kernels
+    lack: float16 on CPU.
+    """
+
+    def forward(self, input, hx=None):
+        data = input.data if isinstance(input, torch.nn.utils.rnn.PackedSequence) else input
+        if isinstance(data, Tensor):
+            require_cuda_build(data.device)
+            if data.is_floating_point() and data.dtype == self.weight_ih_l0.dtype and not _fused_dtype(data):
+                return super().forward(input, hx)
+        return run_recurrent_stack(self, input, hx, lstm_layer)
+
+
+class LSTMCell(torch.nn.LSTMCell):
+    """torch.nn.LSTMCell with one fused step (two GEMMs and one pointwise pass) and a
+    low-overhead eager path for decoder loops.
+
+    Falls back to torch.nn.LSTMCell's own forward only for float16 on CPU.
+    """
+
+    def forward(self, input: Tensor, hx=None):
+        name = type(self).__name__
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead "
+                             f"(input shape {list(input.shape)})")
+        if not input.is_floating_point():
+            raise ValueError(f"{name}: input must be a floating-point tensor, got dtype {input.dtype}")
+        require_cuda_build(input.device)
+        if input.dtype == self.weight_ih.dtype and not _fused_dtype(input):
+            return super().forward(input, hx)
+        if input.dtype != self.weight_ih.dtype:
+            raise ValueError(f"{name}: input dtype ({input.dtype}) does not match weight dtype "
+                             f"({self.weight_ih.dtype})")
+        if input.device != self.weight_ih.device:
+            raise RuntimeError(f"{name}: input is on {input.device} but the weights are on "
+                               f"{self.weight_ih.device}")
+        if input.size(-1) != self.input_size:
+            raise RuntimeError(f"{name}: input.size(-1) must be equal to input_size. Expected "
+                               f"{self.input_size}, got {input.size(-1)}")
+        batched = input.dim() == 2
+        if not batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = input.new_zeros(input.size(0), self.hidden_size)
+            hx = (zeros, zeros)
+        else:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"{name}: hx must be a tuple (h_0, c_0) of tensors")
+            want = 2 if batched else 1
+            if hx[0].dim() != want or hx[1].dim() != want:
+                raise RuntimeError(f"{name}: Expected hx[0] and hx[1] to be {want}D for "
+                                   f"{'batched' if batched else 'unbatched'} input, got "
+                                   f"{hx[0].dim()}D and {hx[1].dim()}D")
+            if not batched:
+                hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+            expected = [input.size(0), self.hidden_size]
+            for i, h in enumerate(hx):
+                if list(h.shape) != expected:
+                    raise RuntimeError(f"{name}: hx[{i}] must have shape {expected} (batch, "
+                                       f"hidden_size), got {list(h.shape)}")
+        h, c = lstm_cell(input, hx[0], hx[1], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        if not batched:
+            h, c = h.squeeze(0), c.squeeze(0)
+        return h, c
