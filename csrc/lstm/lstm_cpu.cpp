@@ -45,6 +45,7 @@ void forward_rows(const ForwardStep& s, int64_t begin, int64_t end) {
     scalar_t* gf = gi + H;
     scalar_t* gg = gi + 2 * H;
     scalar_t* go = gi + 3 * H;
+    const scalar_t* ga = s.gates_add ? static_cast<const scalar_t*>(s.gates_add) + r * 4 * H : nullptr;
     const scalar_t* cp = static_cast<const scalar_t*>(s.c_prev) + r * H;
     scalar_t* cn = static_cast<scalar_t*>(s.c_next) + r * H;
     scalar_t* cs = s.c_saved ? static_cast<scalar_t*>(s.c_saved) + r * H : nullptr;
@@ -56,6 +57,12 @@ void forward_rows(const ForwardStep& s, int64_t begin, int64_t end) {
         const int n = static_cast<int>(std::min<int64_t>(V::size(), H - j));
         V i = V::loadu(gi + j, n), f = V::loadu(gf + j, n), g = V::loadu(gg + j, n),
           o = V::loadu(go + j, n), c_prev = V::loadu(cp + j, n), c, hv;
+        if (ga) {
+          i = i + V::loadu(ga + j, n);
+          f = f + V::loadu(ga + H + j, n);
+          g = g + V::loadu(ga + 2 * H + j, n);
+          o = o + V::loadu(ga + 3 * H + j, n);
+        }
         gates_forward<VecActivations>(i, f, g, o, c_prev, c, hv);
         i.store(gi + j, n); f.store(gf + j, n); g.store(gg + j, n); o.store(go + j, n);
         c.store(cn + j, n);
@@ -66,6 +73,12 @@ void forward_rows(const ForwardStep& s, int64_t begin, int64_t end) {
     } else {  // reduced precision: float math, one element at a time
       for (int64_t j = 0; j < H; ++j) {
         float i = gi[j], f = gf[j], g = gg[j], o = go[j], c, hv;
+        if (ga) {
+          i += static_cast<float>(ga[j]);
+          f += static_cast<float>(ga[H + j]);
+          g += static_cast<float>(ga[2 * H + j]);
+          o += static_cast<float>(ga[3 * H + j]);
+        }
         gates_forward<ScalarActivations>(i, f, g, o, static_cast<float>(cp[j]), c, hv);
         gi[j] = i; gf[j] = f; gg[j] = g; go[j] = o;
         cn[j] = c;

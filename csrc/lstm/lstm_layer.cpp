@@ -4,10 +4,10 @@
 #include "lstm/lstm_layer.h"
 
 #include <ATen/ops/add.h>
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
+
+#include "common/gemm.h"
 
 namespace fastseq {
 namespace lstm {
@@ -38,30 +38,22 @@ std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& inp
 
   // All timesteps' input projections (plus both biases) in one GEMM; the per-step recurrent
   // GEMM then accumulates into the same buffer, which finally holds the activated gates.
-  at::Tensor gates = at::empty({T, B, G}, opts);
-  at::Tensor gates2d = gates.view({T * B, G});
   at::Tensor x2d = input.contiguous().view({T * B, I});
-  if (bias) {
-    at::addmm_out(gates2d, *bias, x2d, w_ih.t());
-  } else {
-    at::mm_out(gates2d, x2d, w_ih.t());
-  }
+  at::Tensor gates = linear_nt(x2d, w_ih, bias).view({T, B, G});
 
   at::Tensor output = batch_sizes ? at::zeros({T, B, P}, opts) : at::empty({T, B, P}, opts);
   at::Tensor cells = at::empty({T, B, H}, opts);
   at::Tensor h_state = h0.clone(at::MemoryFormat::Contiguous);
   at::Tensor c_state = c0.clone(at::MemoryFormat::Contiguous);
   at::Tensor h_pre = proj ? at::empty({B, H}, opts) : at::Tensor();
-  const at::Tensor w_hh_t = w_hh.t();
-  const at::Tensor w_hr_t = proj ? w_hr->t() : at::Tensor();
 
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
     const int64_t rows = active_rows(batch_sizes, t, B);
     if (rows > 0) {
-      at::Tensor gates_t = gates.select(0, t).narrow(0, 0, rows);
-      gates_t.addmm_(h_state.narrow(0, 0, rows), w_hh_t);
-      ForwardStep step{gates_t.data_ptr(),
+      at::Tensor recurrent = linear_nt(h_state.narrow(0, 0, rows), w_hh);
+      ForwardStep step{row_ptr(gates, t * B * G),
+                       recurrent.data_ptr(),
                        c_state.data_ptr(),
                        c_state.data_ptr(),
                        row_ptr(cells, t * B * H),
@@ -71,9 +63,9 @@ std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& inp
                        H};
       pw.forward(step, input.scalar_type());
       if (proj) {
-        at::Tensor out_t = output.select(0, t).narrow(0, 0, rows);
-        at::mm_out(out_t, h_pre.narrow(0, 0, rows), w_hr_t);
-        h_state.narrow(0, 0, rows).copy_(out_t);
+        at::Tensor h_t = linear_nt(h_pre.narrow(0, 0, rows), *w_hr);
+        output.select(0, t).narrow(0, 0, rows).copy_(h_t);
+        h_state.narrow(0, 0, rows).copy_(h_t);
       }
     }
     if (rows < B) {
@@ -108,7 +100,6 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
   if (proj) {
     dh_proj = batch_sizes ? at::zeros({T, B, P}, opts) : at::empty({T, B, P}, opts);
     h_pre_all = batch_sizes ? at::zeros({T, B, H}, opts) : at::empty({T, B, H}, opts);
-    dh_pre = at::empty({B, H}, opts);
   }
 
   for (int64_t s = 0; s < T; ++s) {
@@ -124,8 +115,7 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
     if (proj) {
       at::Tensor dhp_t = dh_proj.select(0, t).narrow(0, 0, rows);
       at::add_out(dhp_t, dout.select(0, t).narrow(0, 0, rows), dh_state.narrow(0, 0, rows));
-      at::Tensor dh_pre_rows = dh_pre.narrow(0, 0, rows);
-      at::mm_out(dh_pre_rows, dhp_t, *w_hr);
+      dh_pre = matmul(dhp_t, *w_hr);
       step.dh = dh_pre.data_ptr();
       step.h_pre = row_ptr(h_pre_all, t * B * H);
     } else {
@@ -133,14 +123,13 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
       step.dh2 = dh_state.data_ptr();
     }
     pw.backward(step, input.scalar_type());
-    at::Tensor dh_rows = dh_state.narrow(0, 0, rows);
-    at::mm_out(dh_rows, dgates_t, w_hh);
+    dh_state.narrow(0, 0, rows).copy_(matmul(dgates_t, w_hh));
   }
 
   at::Tensor dgates2d = dgates.view({T * B, G});
   at::Tensor x2d = input.contiguous().view({T * B, I});
-  at::Tensor d_input = at::mm(dgates2d, w_ih).view({T, B, I});
-  at::Tensor d_w_ih = at::mm(dgates2d.t(), x2d);
+  at::Tensor d_input = matmul(dgates2d, w_ih).view({T, B, I});
+  at::Tensor d_w_ih = matmul(dgates2d.t(), x2d);
 
   // dW_hh = sum_t dG[t]^T h_prev[t]. h_prev is the previous step's output for every active
   // row except at a row's first step, where it is h0: one GEMM over the shifted outputs
@@ -149,9 +138,7 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
   if (T > 1) {
     at::Tensor dg_shift = reverse ? dgates.narrow(0, 0, T - 1) : dgates.narrow(0, 1, T - 1);
     at::Tensor out_shift = reverse ? output.narrow(0, 1, T - 1) : output.narrow(0, 0, T - 1);
-    d_w_hh = at::mm(dg_shift.reshape({(T - 1) * B, G}).t(), out_shift.reshape({(T - 1) * B, P}));
-  } else {
-    d_w_hh = at::zeros({G, P}, opts);
+    d_w_hh = matmul(dg_shift.reshape({(T - 1) * B, G}).t(), out_shift.reshape({(T - 1) * B, P}));
   }
   at::Tensor dg_first;
   if (!reverse) {
@@ -165,10 +152,11 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
       if (hi > lo) dg_first.narrow(0, lo, hi - lo).copy_(dgates.select(0, t).narrow(0, lo, hi - lo));
     }
   }
-  d_w_hh.addmm_(dg_first.t(), h0);
+  at::Tensor d_w_hh_first = matmul(dg_first.t(), h0);
+  d_w_hh = d_w_hh.defined() ? d_w_hh.add_(d_w_hh_first) : d_w_hh_first;
 
   at::Tensor d_bias = has_bias ? dgates2d.sum(0) : at::empty({0}, opts);
-  at::Tensor d_w_hr = proj ? at::mm(dh_proj.view({T * B, P}).t(), h_pre_all.view({T * B, H}))
+  at::Tensor d_w_hr = proj ? matmul(dh_proj.view({T * B, P}).t(), h_pre_all.view({T * B, H}))
                            : at::empty({0}, opts);
   return {d_input, dh_state, dc_state, d_w_ih, d_w_hh, d_bias, d_w_hr};
 }
@@ -178,12 +166,12 @@ std::vector<at::Tensor> cell_forward(const Pointwise& pw, const at::Tensor& inpu
                                      const at::Tensor& w_ih, const at::Tensor& w_hh,
                                      const std::optional<at::Tensor>& bias) {
   const int64_t B = input.size(0), H = c.size(1);
-  at::Tensor gates = bias ? at::addmm(*bias, input, w_ih.t()) : at::mm(input, w_ih.t());
-  gates.addmm_(h, w_hh.t());
+  at::Tensor gates = linear_nt(input, w_ih, bias);
+  at::Tensor recurrent = linear_nt(h, w_hh);
   at::Tensor c_prev = c.contiguous();
   at::Tensor h_next = at::empty({B, H}, input.options());
   at::Tensor c_next = at::empty({B, H}, input.options());
-  ForwardStep step{gates.data_ptr(), c_prev.data_ptr(), c_next.data_ptr(), nullptr,
+  ForwardStep step{gates.data_ptr(), recurrent.data_ptr(), c_prev.data_ptr(), c_next.data_ptr(), nullptr,
                    h_next.data_ptr(), nullptr, B, H};
   pw.forward(step, input.scalar_type());
   return {h_next, c_next, gates};
@@ -204,8 +192,8 @@ std::vector<at::Tensor> cell_backward(const Pointwise& pw, const at::Tensor& gra
                     nullptr, dc.data_ptr(), dgates.data_ptr(), nullptr, B, H};
   pw.backward(step, input.scalar_type());
   at::Tensor d_bias = has_bias ? dgates.sum(0) : at::empty({0}, input.options());
-  return {at::mm(dgates, w_ih), at::mm(dgates, w_hh), dc, at::mm(dgates.t(), input),
-          at::mm(dgates.t(), h), d_bias};
+  return {matmul(dgates, w_ih), matmul(dgates, w_hh), dc, matmul(dgates.t(), input),
+          matmul(dgates.t(), h), d_bias};
 }
 
 }  // namespace lstm

@@ -13,6 +13,7 @@ enum class Dtype { f32, f64, f16, bf16 };
 // have row stride 4 * hidden (blocks i, f, g, o).
 struct ForwardStep {
   void* gates;          // in: pre-activations, out: activated gates
+  const void* gates_add;  // optional second pre-activation term (h W_hh^T), or nullptr
   const void* c_prev;   // cell state entering the step
   void* c_next;         // cell state leaving the step (may alias c_prev)
   void* c_saved;        // optional second copy of c_next (per-step history), or nullptr
