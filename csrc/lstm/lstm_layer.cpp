@@ -8,6 +8,9 @@
 #include <ATen/ops/zeros.h>
 
 #include "common/gemm.h"
+#include "lstm/lstm_cpu_fused.h"
+
+#include <utility>
 
 namespace fastseq {
 namespace lstm {
@@ -46,11 +49,30 @@ std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& inp
   at::Tensor h_state = h0.clone(at::MemoryFormat::Contiguous);
   at::Tensor c_state = c0.clone(at::MemoryFormat::Contiguous);
   at::Tensor h_pre = proj ? at::empty({B, H}, opts) : at::Tensor();
+  // CPU float32: packed W_hh and a fused GEMM + gate step; the new h goes to a second
+  // buffer because other threads still read the old one within the step.
+  const bool fused = cpu_fused_supported(input);
+  at::Tensor packed = fused ? pack_forward_weight(w_hh) : at::Tensor();
+  at::Tensor h_next = fused && !proj ? at::empty({B, P}, opts) : at::Tensor();
 
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
     const int64_t rows = active_rows(batch_sizes, t, B);
-    if (rows > 0) {
+    if (rows > 0 && fused) {
+      ForwardStep step{row_ptr(gates, t * B * G), nullptr, c_state.data_ptr(), c_state.data_ptr(),
+                       row_ptr(cells, t * B * H),
+                       proj ? h_pre.data_ptr() : row_ptr(output, t * B * P),
+                       proj ? nullptr : h_next.data_ptr(), rows, H};
+      fused_forward_step(step, h_state.data_ptr<float>(), P, packed);
+      if (proj) {
+        at::Tensor h_t = linear_nt(h_pre.narrow(0, 0, rows), *w_hr);
+        output.select(0, t).narrow(0, 0, rows).copy_(h_t);
+        h_state.narrow(0, 0, rows).copy_(h_t);
+      } else {
+        if (rows < B) h_next.narrow(0, rows, B - rows).copy_(h_state.narrow(0, rows, B - rows));
+        std::swap(h_state, h_next);
+      }
+    } else if (rows > 0) {
       at::Tensor recurrent = linear_nt(h_state.narrow(0, 0, rows), w_hh);
       ForwardStep step{row_ptr(gates, t * B * G),
                        recurrent.data_ptr(),
@@ -102,6 +124,9 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
     h_pre_all = batch_sizes ? at::zeros({T, B, H}, opts) : at::empty({T, B, H}, opts);
   }
 
+  const bool fused = cpu_fused_supported(input);
+  at::Tensor packed = fused ? pack_backward_weight(w_hh) : at::Tensor();
+
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? s : T - 1 - s;  // the forward order, undone
     const int64_t rows = active_rows(batch_sizes, t, B);
@@ -123,7 +148,11 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
       step.dh2 = dh_state.data_ptr();
     }
     pw.backward(step, input.scalar_type());
-    dh_state.narrow(0, 0, rows).copy_(matmul(dgates_t, w_hh));
+    if (fused) {
+      packed_backward_gemm(dgates_t.data_ptr<float>(), rows, H, dh_state.data_ptr<float>(), P, packed);
+    } else {
+      dh_state.narrow(0, 0, rows).copy_(matmul(dgates_t, w_hh));
+    }
   }
 
   at::Tensor dgates2d = dgates.view({T * B, G});
