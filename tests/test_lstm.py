@@ -110,6 +110,16 @@ def test_non_contiguous_input_and_state():
     _check_against_torch(dict(input_size=4, hidden_size=6, num_layers=2), x, (h0, c0), dtype=torch.float64)
 
 
+def test_saturated_gates_stay_finite_and_match():
+    """Huge pre-activations (|x| ~ 1e3) must saturate the fast float32 activations to 0/1/-1,
+    never produce inf/NaN."""
+    ref, fast = _pair(dict(input_size=3, hidden_size=20))
+    x = torch.randn(5, 4, 3) * 1000
+    out_r, out_f = ref(x)[0], fast(x)[0]
+    assert torch.isfinite(out_f).all()
+    torch.testing.assert_close(out_f, out_r, **TOL[torch.float32])
+
+
 def test_empty_batch_as_torch():
     x = torch.randn(4, 0, 3, requires_grad=True)
     ref, fast = _pair(dict(input_size=3, hidden_size=5, bidirectional=True))

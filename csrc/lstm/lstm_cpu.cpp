@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "lstm/lstm_layer.h"
+#include "lstm/lstm_cpu_act.h"
 #include "lstm/lstm_math.h"
 
 namespace fastseq {
@@ -16,18 +17,6 @@ namespace {
 
 using at::vec::Vectorized;
 
-struct VecActivations {
-  static Vectorized<float> sigmoid(const Vectorized<float>& x) {
-    const Vectorized<float> one(1.0f);
-    return one / (one + x.neg().exp());
-  }
-  static Vectorized<double> sigmoid(const Vectorized<double>& x) {
-    const Vectorized<double> one(1.0);
-    return one / (one + x.neg().exp());
-  }
-  template <class V>
-  static V tanh(const V& x) { return x.tanh(); }
-};
 
 // Threads pay off only when a step has enough elements; below this they cost more than
 // they save (a parallel region is a few microseconds).
