@@ -54,48 +54,52 @@ class LSTMCell(torch.nn.LSTMCell):
     """
 
     def forward(self, input: Tensor, hx=None):
+        # Checks kept cheap (this runs once per decoder step); shapes of weights and
+        # states are checked again, with names, in C++.
         name = type(self).__name__
         if not isinstance(input, Tensor):
             raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
-        if input.dim() not in (1, 2):
-            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead "
+        dim = input.dim()
+        if dim != 2 and dim != 1:
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {dim}D instead "
                              f"(input shape {list(input.shape)})")
-        if not input.is_floating_point():
-            raise ValueError(f"{name}: input must be a floating-point tensor, got dtype {input.dtype}")
-        require_cuda_build(input.device)
-        if input.dtype == self.weight_ih.dtype and not _fused_dtype(input):
-            return super().forward(input, hx)
-        if input.dtype != self.weight_ih.dtype:
+        w_ih = self.weight_ih
+        if input.dtype != w_ih.dtype:
+            if not input.is_floating_point():
+                raise ValueError(f"{name}: input must be a floating-point tensor, got dtype {input.dtype}")
             raise ValueError(f"{name}: input dtype ({input.dtype}) does not match weight dtype "
-                             f"({self.weight_ih.dtype})")
-        if input.device != self.weight_ih.device:
-            raise RuntimeError(f"{name}: input is on {input.device} but the weights are on "
-                               f"{self.weight_ih.device}")
-        if input.size(-1) != self.input_size:
+                             f"({w_ih.dtype})")
+        if input.is_cuda:
+            require_cuda_build(input.device)
+        if not _fused_dtype(input):
+            return super().forward(input, hx)
+        if input.device != w_ih.device:
+            raise RuntimeError(f"{name}: input is on {input.device} but the weights are on {w_ih.device}")
+        if input.shape[-1] != self.input_size:
             raise RuntimeError(f"{name}: input.size(-1) must be equal to input_size. Expected "
-                               f"{self.input_size}, got {input.size(-1)}")
-        batched = input.dim() == 2
+                               f"{self.input_size}, got {input.shape[-1]}")
+        batched = dim == 2
         if not batched:
             input = input.unsqueeze(0)
         if hx is None:
-            zeros = input.new_zeros(input.size(0), self.hidden_size)
-            hx = (zeros, zeros)
+            zeros = input.new_zeros(input.shape[0], self.hidden_size)
+            h0, c0 = zeros, zeros
         else:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise TypeError(f"{name}: hx must be a tuple (h_0, c_0) of tensors")
-            want = 2 if batched else 1
-            if hx[0].dim() != want or hx[1].dim() != want:
-                raise RuntimeError(f"{name}: Expected hx[0] and hx[1] to be {want}D for "
+            h0, c0 = hx
+            if h0.dim() != dim or c0.dim() != dim:
+                raise RuntimeError(f"{name}: Expected hx[0] and hx[1] to be {dim}D for "
                                    f"{'batched' if batched else 'unbatched'} input, got "
-                                   f"{hx[0].dim()}D and {hx[1].dim()}D")
+                                   f"{h0.dim()}D and {c0.dim()}D")
             if not batched:
-                hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
-            expected = [input.size(0), self.hidden_size]
-            for i, h in enumerate(hx):
-                if list(h.shape) != expected:
-                    raise RuntimeError(f"{name}: hx[{i}] must have shape {expected} (batch, "
-                                       f"hidden_size), got {list(h.shape)}")
-        h, c = lstm_cell(input, hx[0], hx[1], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+                h0, c0 = h0.unsqueeze(0), c0.unsqueeze(0)
+            expected = (input.shape[0], self.hidden_size)
+            for i, t in enumerate((h0, c0)):
+                if t.shape != expected:
+                    raise RuntimeError(f"{name}: hx[{i}] must have shape {list(expected)} (batch, "
+                                       f"hidden_size), got {list(t.shape)}")
+        h, c = lstm_cell(input, h0, c0, w_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         if not batched:
             h, c = h.squeeze(0), c.squeeze(0)
         return h, c
