@@ -1,5 +1,9 @@
 """Drop-in fused LSTM and LSTMCell: subclasses of the torch modules (same constructor,
 parameters, initialisation and state_dict) whose forward runs fastseq's fused kernels."""
+import importlib.abc
+import importlib.util
+import sys
+
 import torch
 from torch import Tensor
 
@@ -8,12 +12,35 @@ from ..ops.lstm import lstm_cell, lstm_layer
 from ._recurrent import run_recurrent_stack
 
 # Dynamo refuses to trace any instance of torch.nn.RNN/GRU/LSTM (their forward calls _VF
-# kernels it cannot see into) unless allow_rnn is set. fastseq's subclasses are plain
-# Python down to the custom ops, so they trace; the switch is global, and also lets
-# Dynamo try torch's own RNN modules instead of breaking the graph at them.
-import torch._dynamo  # noqa: E402
+# kernels it cannot see into) unless torch._dynamo.config.allow_rnn is set. fastseq's
+# subclasses are plain Python down to the custom ops, so they trace. The switch is global
+# (it also lets Dynamo try torch's own RNN modules instead of breaking the graph there), and
+# is set when Dynamo's config loads: importing torch._dynamo here would add ~1.4 s to
+# `import fastseq`.
+def _allow_rnn_in_dynamo():
+    config = sys.modules.get("torch._dynamo.config")
+    if config is not None:
+        config.allow_rnn = True
+        return
 
-torch._dynamo.config.allow_rnn = True
+    class _SetAllowRnnOnImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name != "torch._dynamo.config":
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            exec_module = spec.loader.exec_module
+
+            def exec_and_allow(module):
+                exec_module(module)
+                module.allow_rnn = True
+            spec.loader.exec_module = exec_and_allow
+            return spec
+
+    sys.meta_path.insert(0, _SetAllowRnnOnImport())
+
+
+_allow_rnn_in_dynamo()
 
 
 def _fused_dtype(t: Tensor) -> bool:
