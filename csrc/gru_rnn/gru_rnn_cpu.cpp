@@ -1,7 +1,7 @@
 // CPU backend of the GRU / RNN steps: one fused, vectorised (at::vec) pass per time step
 // over the active rows, running the formulas of gru_rnn_math.h; threads for large steps.
 // (The scalar policy of gru_rnn_math.h serves the CUDA kernels.)
-#include "gru_rnn/cpu_vec.h"  // first: selects the SIMD ISA for every ATen vec header
+#include "common/cpu_vec.h"  // first: selects the SIMD ISA for every ATen vec header
 
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>

@@ -11,6 +11,7 @@ from .harness import format_summary, format_table, run_case
 
 # Each suite module exposes cases(suite: str, device: torch.device) -> list[BenchCase].
 SUITE_MODULES = [
+    "fastseq.bench.lstm",
     "fastseq.bench.gru_rnn",
 ]
 
