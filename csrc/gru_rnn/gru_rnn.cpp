@@ -123,7 +123,7 @@ std::tuple<at::Tensor, at::Tensor> gru_cell_forward(
   c10::OptionalDeviceGuard guard(input.device());
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const int64_t H = hx.size(1);
-  return gru_rnn::gru_cell_forward_impl(backend_for(input), input, hx.contiguous(), w_ih, w_hh,
+  return gru_rnn::gru_cell_forward_impl(backend_for(input), input.contiguous(), hx.contiguous(), w_ih, w_hh,
                                         bias_or_zeros(b_ih, input, 3 * H), bias_or_zeros(b_hh, input, 3 * H),
                                         need_workspace);
 }
@@ -137,7 +137,7 @@ at::Tensor rnn_cell_forward(
   c10::OptionalDeviceGuard guard(input.device());
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const int64_t H = hx.size(1);
-  return gru_rnn::rnn_cell_forward_impl(backend_for(input), input, hx.contiguous(), w_ih, w_hh,
+  return gru_rnn::rnn_cell_forward_impl(backend_for(input), input.contiguous(), hx.contiguous(), w_ih, w_hh,
                                         bias_or_zeros(b_ih, input, H), bias_or_zeros(b_hh, input, H), relu);
 }
 
