@@ -269,6 +269,17 @@ def test_module_unbatched(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_module_empty_batch(kind):
+    ref, fast = make_pair(kind, 3, 4, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 0, 3, requires_grad=True)
+    out, hn = fast(x)
+    ref_out, ref_hn = ref(x)
+    assert out.shape == ref_out.shape and hn.shape == ref_hn.shape
+    (out.sum() + hn.sum()).backward()
+    assert all(p.grad is not None and float(p.grad.abs().sum()) == 0 for p in fast.parameters())
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_module_float64_gradcheck(kind):
     _, fast = make_pair(kind, 2, 3, num_layers=2, bidirectional=True)
     fast = fast.double()
