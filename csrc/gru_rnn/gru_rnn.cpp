@@ -73,7 +73,7 @@ SequencePlan make_plan(const char* op, const at::Tensor& input, const std::optio
   const int64_t* v = c.data_ptr<int64_t>();
   for (int64_t t = 0; t < T; ++t) {
     TORCH_CHECK(v[t] >= 0 && v[t] <= B, op, ": batch_sizes[", t, "] must be in [0, ", B, "], got ", v[t]);
-    TORCH_CHECK(t == 0 || v[t] <= v[t - 1], op, ": batch_sizes must be non-increasing, got ", v[t - 1 < 0 ? 0 : t - 1],
+    TORCH_CHECK(t == 0 || v[t] <= v[t - 1], op, ": batch_sizes must be non-increasing, got ", v[t - 1],
                 " then ", v[t], " at step ", t);
     plan.rows[t] = v[t];
     plan.packed = plan.packed || v[t] < B;
@@ -91,7 +91,7 @@ bool nonlinearity_is_relu(const char* op, const std::string& nonlinearity) {
   return nonlinearity == "relu";
 }
 
-void check_backward_inputs(const char* op, int64_t gates, const at::Tensor& grad_output, const at::Tensor& grad_hy,
+void check_backward_inputs(const char* op, const at::Tensor& grad_output, const at::Tensor& grad_hy,
                            const at::Tensor& input, const at::Tensor& hx, const at::Tensor& output) {
   const int64_t T = input.size(0), B = input.size(1), H = hx.size(1);
   check_shape(grad_output, op, "grad_output", {T, B, H});
@@ -102,7 +102,6 @@ void check_backward_inputs(const char* op, int64_t gates, const at::Tensor& grad
     check_same_device(*t, input, op, name, "input");
     check_same_dtype(*t, input, op, name, "input");
   }
-  (void)gates;
 }
 
 // A cell's input is one step: checked as the T = 1 case of a layer.
@@ -164,7 +163,7 @@ std::vector<at::Tensor> gru_backward(
     const std::optional<at::Tensor>& batch_sizes, bool reverse, bool need_input_grad, bool need_hx_grad) {
   const char* op = "fastseq.gru_backward";
   check_layer_inputs(op, 3, input, hx, w_ih, w_hh, std::nullopt, std::nullopt);
-  check_backward_inputs(op, 3, grad_output, grad_hy, input, hx, output);
+  check_backward_inputs(op, grad_output, grad_hy, input, hx, output);
   const int64_t T = input.size(0), B = input.size(1), H = hx.size(1);
   check_shape(workspace, op, "workspace", {T, B, 4 * H});
   TORCH_CHECK(workspace.scalar_type() == at::toOpMathType(input.scalar_type()), op,
@@ -205,7 +204,7 @@ std::vector<at::Tensor> rnn_backward(
   const char* op = "fastseq.rnn_backward";
   const bool relu = nonlinearity_is_relu(op, nonlinearity);
   check_layer_inputs(op, 1, input, hx, w_ih, w_hh, std::nullopt, std::nullopt);
-  check_backward_inputs(op, 1, grad_output, grad_hy, input, hx, output);
+  check_backward_inputs(op, grad_output, grad_hy, input, hx, output);
   const SequencePlan plan = make_plan(op, input, batch_sizes, reverse);
   c10::OptionalDeviceGuard guard(input.device());
   // The autograd formula is fastseq's own (fastseq.ops); the ATen calls inside need none.

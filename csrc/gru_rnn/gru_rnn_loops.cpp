@@ -12,9 +12,7 @@
 #include "common/gemm.h"
 
 #include <ATen/OpMathType.h>
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
