@@ -102,6 +102,21 @@ def test_odd_shapes(T, B, I, H):
     _check_against_torch(dict(input_size=I, hidden_size=H, bidirectional=True), x, dtype=torch.float64)
 
 
+def test_multithreaded_steps_match_torch():
+    """Shapes large enough that a step's GEMM + gate pass is split over threads (the fused CPU
+    path double-buffers h because of that), packed and bidirectional."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(6, 24, 32, requires_grad=True)
+        _check_against_torch(dict(input_size=32, hidden_size=72, bidirectional=True), x)
+        lengths = torch.tensor([6] * 8 + [4] * 8 + [1] * 8)
+        _check_against_torch(dict(input_size=32, hidden_size=72, bidirectional=True), x,
+                             make_input=lambda: pack_padded_sequence(x, lengths))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_non_contiguous_input_and_state():
     x = torch.randn(5, 6, 8, dtype=torch.float64)[:, ::2, ::2].requires_grad_()  # [5, 3, 4]
     h0 = torch.randn(3, 2, 6, dtype=torch.float64).transpose(0, 1).requires_grad_()
