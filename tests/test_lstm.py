@@ -83,6 +83,13 @@ def test_lstm_matches_torch(config, dtype):
     _check_against_torch(kwargs, x, hx, dtype=dtype)
 
 
+def test_input_without_grad_skips_d_input():
+    """First layer on data (no input gradient): parameter gradients still match torch."""
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    _check_against_torch(dict(input_size=4, hidden_size=6, num_layers=2, bidirectional=True), x,
+                         dtype=torch.float64)
+
+
 @pytest.mark.parametrize("config", [dict(), dict(proj_size=2, bidirectional=True, num_layers=2)])
 def test_unbatched(config):
     kwargs = dict(input_size=4, hidden_size=5, **config)
@@ -304,8 +311,9 @@ def test_layer_opcheck(case):
     inp, h0, c0, w_ih, w_hh, b_ih, _, w_hr, bs, reverse = [a.detach() if isinstance(a, torch.Tensor) else a
                                                            for a in args]
     bw_args = (torch.randn_like(out), torch.randn_like(h), None, inp, h0, c0, w_ih, w_hh, w_hr, bs,
-               reverse, b_ih is not None, out, gates, cells)
+               reverse, b_ih is not None, out, gates, cells, True)
     torch.library.opcheck(torch.ops.fastseq.lstm_layer_backward.default, bw_args)
+    torch.library.opcheck(torch.ops.fastseq.lstm_layer_backward.default, bw_args[:-1] + (False,))
 
 
 def test_cell_opcheck():

@@ -106,7 +106,7 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
                                        const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
                                        const int64_t* batch_sizes, bool reverse, bool has_bias,
                                        const at::Tensor& output, const at::Tensor& gates,
-                                       const at::Tensor& cells) {
+                                       const at::Tensor& cells, bool need_d_input) {
   const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
   const int64_t H = c0.size(1), P = h0.size(1), G = 4 * H;
   const bool proj = w_hr.has_value();
@@ -157,7 +157,7 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
 
   at::Tensor dgates2d = dgates.view({T * B, G});
   at::Tensor x2d = input.contiguous().view({T * B, I});
-  at::Tensor d_input = matmul(dgates2d, w_ih).view({T, B, I});
+  at::Tensor d_input = need_d_input ? matmul(dgates2d, w_ih).view({T, B, I}) : at::empty({0}, opts);
   at::Tensor d_w_ih = matmul(dgates2d.t(), x2d);
 
   // dW_hh = sum_t dG[t]^T h_prev[t]. h_prev is the previous step's output for every active
