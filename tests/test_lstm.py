@@ -124,6 +124,19 @@ def test_multithreaded_steps_match_torch():
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_inference_chunked_projection_matches_torch(packed):
+    """no_grad runs project the input a few steps at a time (B * 4H large -> chunks of 4 steps
+    here); chunk edges, reverse direction and packed lengths must not show."""
+    ref, fast = _pair(dict(input_size=8, hidden_size=256, bidirectional=True, num_layers=2))
+    x = torch.randn(10, 64, 8)
+    lengths = torch.randint(1, 11, (64,))
+    lengths[0] = 10
+    make = (lambda: pack_padded_sequence(x, lengths, enforce_sorted=False)) if packed else (lambda: x)
+    with torch.no_grad():
+        _assert_same(_tensors(ref(make())), _tensors(fast(make())), TOL[torch.float32])
+
+
 def test_non_contiguous_input_and_state():
     x = torch.randn(5, 6, 8, dtype=torch.float64)[:, ::2, ::2].requires_grad_()  # [5, 3, 4]
     h0 = torch.randn(3, 2, 6, dtype=torch.float64).transpose(0, 1).requires_grad_()

@@ -15,12 +15,13 @@ namespace fastseq {
 // state and output 0). reverse: run t = T-1 .. 0.
 // Returns {output [T, B, P], h_n [B, P], c_n [B, H], gates [T, B, 4H] (activated),
 //          cells [T, B, H] (c after each step, carried over for inactive rows)};
-// the last two are what lstm_layer_backward needs.
+// the last two are what lstm_layer_backward needs. save_for_backward = false (inference)
+// returns them empty and computes the input projection chunk by chunk, in cache.
 std::vector<at::Tensor> lstm_layer_forward(
     const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr,
-    const std::optional<at::Tensor>& batch_sizes, bool reverse);
+    const std::optional<at::Tensor>& batch_sizes, bool reverse, bool save_for_backward = true);
 
 // Gradients of lstm_layer_forward. grad_output / grad_h_n / grad_c_n may be undefined
 // (no gradient flows there); need_d_input = false skips the d_input GEMM (first layer on

@@ -31,7 +31,8 @@ std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& inp
                                       const at::Tensor& w_ih, const at::Tensor& w_hh,
                                       const std::optional<at::Tensor>& bias,
                                       const std::optional<at::Tensor>& w_hr,
-                                      const int64_t* batch_sizes, bool reverse);
+                                      const int64_t* batch_sizes, bool reverse,
+                                      bool save_for_backward);
 
 std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& grad_output,
                                        const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,

@@ -114,8 +114,8 @@ def lstm_layer(x: Tensor, state: Tuple[Tensor, Tensor], weights: tuple,
         out, h_n, c_n, _, _ = lstm_layer_forward(*args)
     elif torch.is_grad_enabled():
         out, h_n, c_n, _, _ = _LSTMLayerFunction.apply(*args)
-    else:  # inference: straight to C++
-        out, h_n, c_n, _, _ = _C.lstm_layer_forward(*args)
+    else:  # inference: straight to C++, nothing saved for backward
+        out, h_n, c_n, _, _ = _C.lstm_layer_forward(*args, False)
     return out, (h_n, c_n)
 
 
