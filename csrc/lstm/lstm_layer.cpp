@@ -177,7 +177,7 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
   at::Tensor dgates2d = dgates.view({T * B, G});
   at::Tensor x2d = input.contiguous().view({T * B, I});
   at::Tensor d_input = need_d_input ? matmul(dgates2d, w_ih).view({T, B, I}) : at::empty({0}, opts);
-  at::Tensor d_w_ih = matmul(dgates2d.t(), x2d);
+  at::Tensor d_w_ih = matmul_tn(dgates2d, x2d);
 
   // dW_hh = sum_t dG[t]^T h_prev[t]. h_prev is the previous step's output for every active
   // row except at a row's first step, where it is h0: one GEMM over the shifted outputs
@@ -186,7 +186,7 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
   if (T > 1) {
     at::Tensor dg_shift = reverse ? dgates.narrow(0, 0, T - 1) : dgates.narrow(0, 1, T - 1);
     at::Tensor out_shift = reverse ? output.narrow(0, 1, T - 1) : output.narrow(0, 0, T - 1);
-    d_w_hh = matmul(dg_shift.reshape({(T - 1) * B, G}).t(), out_shift.reshape({(T - 1) * B, P}));
+    d_w_hh = matmul_tn(dg_shift.reshape({(T - 1) * B, G}), out_shift.reshape({(T - 1) * B, P}));
   }
   at::Tensor dg_first;
   if (!reverse) {
@@ -200,11 +200,11 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
       if (hi > lo) dg_first.narrow(0, lo, hi - lo).copy_(dgates.select(0, t).narrow(0, lo, hi - lo));
     }
   }
-  at::Tensor d_w_hh_first = matmul(dg_first.t(), h0);
+  at::Tensor d_w_hh_first = matmul_tn(dg_first, h0);
   d_w_hh = d_w_hh.defined() ? d_w_hh.add_(d_w_hh_first) : d_w_hh_first;
 
   at::Tensor d_bias = has_bias ? dgates2d.sum(0) : at::empty({0}, opts);
-  at::Tensor d_w_hr = proj ? matmul(dh_proj.view({T * B, P}).t(), h_pre_all.view({T * B, H}))
+  at::Tensor d_w_hr = proj ? matmul_tn(dh_proj.view({T * B, P}), h_pre_all.view({T * B, H}))
                            : at::empty({0}, opts);
   return {d_input, dh_state, dc_state, d_w_ih, d_w_hh, d_bias, d_w_hr};
 }
@@ -240,8 +240,8 @@ std::vector<at::Tensor> cell_backward(const Pointwise& pw, const at::Tensor& gra
                     nullptr, dc.data_ptr(), dgates.data_ptr(), nullptr, B, H};
   pw.backward(step, input.scalar_type());
   at::Tensor d_bias = has_bias ? dgates.sum(0) : at::empty({0}, input.options());
-  return {matmul(dgates, w_ih), matmul(dgates, w_hh), dc, matmul(dgates.t(), input),
-          matmul(dgates.t(), h), d_bias};
+  return {matmul(dgates, w_ih), matmul(dgates, w_hh), dc, matmul_tn(dgates, input),
+          matmul_tn(dgates, h), d_bias};
 }
 
 }  // namespace lstm
