@@ -30,12 +30,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_layer_forward", &fastseq::lstm_layer_forward, py::arg("input"), py::arg("h0"),
         py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"),
         py::arg("w_hr"), py::arg("batch_sizes"), py::arg("reverse"),
+        py::arg("save_for_backward") = true,
         "One LSTM layer, one direction, whole sequence -> [output, h_n, c_n, gates, cells]");
   m.def("lstm_layer_backward", &fastseq::lstm_layer_backward, py::arg("grad_output"),
         py::arg("grad_h_n"), py::arg("grad_c_n"), py::arg("input"), py::arg("h0"), py::arg("c0"),
         py::arg("w_ih"), py::arg("w_hh"), py::arg("w_hr"), py::arg("batch_sizes"),
         py::arg("reverse"), py::arg("has_bias"), py::arg("output"), py::arg("gates"),
-        py::arg("cells"),
+        py::arg("cells"), py::arg("need_d_input") = true,
         "Backward through time of lstm_layer_forward -> [d_input, d_h0, d_c0, d_w_ih, d_w_hh, "
         "d_bias, d_w_hr]");
   m.def("lstm_cell_forward", &fastseq::lstm_cell_forward, py::arg("input"), py::arg("h"),

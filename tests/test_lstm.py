@@ -83,6 +83,13 @@ def test_lstm_matches_torch(config, dtype):
     _check_against_torch(kwargs, x, hx, dtype=dtype)
 
 
+def test_input_without_grad_skips_d_input():
+    """First layer on data (no input gradient): parameter gradients still match torch."""
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    _check_against_torch(dict(input_size=4, hidden_size=6, num_layers=2, bidirectional=True), x,
+                         dtype=torch.float64)
+
+
 @pytest.mark.parametrize("config", [dict(), dict(proj_size=2, bidirectional=True, num_layers=2)])
 def test_unbatched(config):
     kwargs = dict(input_size=4, hidden_size=5, **config)
@@ -100,6 +107,34 @@ def test_unbatched(config):
 def test_odd_shapes(T, B, I, H):
     x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
     _check_against_torch(dict(input_size=I, hidden_size=H, bidirectional=True), x, dtype=torch.float64)
+
+
+def test_multithreaded_steps_match_torch():
+    """Shapes large enough that a step's GEMM + gate pass is split over threads (the fused CPU
+    path double-buffers h because of that), packed and bidirectional."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(6, 24, 32, requires_grad=True)
+        _check_against_torch(dict(input_size=32, hidden_size=72, bidirectional=True), x)
+        lengths = torch.tensor([6] * 8 + [4] * 8 + [1] * 8)
+        _check_against_torch(dict(input_size=32, hidden_size=72, bidirectional=True), x,
+                             make_input=lambda: pack_padded_sequence(x, lengths))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_inference_chunked_projection_matches_torch(packed):
+    """no_grad runs project the input a few steps at a time (B * 4H large -> chunks of 4 steps
+    here); chunk edges, reverse direction and packed lengths must not show."""
+    ref, fast = _pair(dict(input_size=8, hidden_size=256, bidirectional=True, num_layers=2))
+    x = torch.randn(10, 64, 8)
+    lengths = torch.randint(1, 11, (64,))
+    lengths[0] = 10
+    make = (lambda: pack_padded_sequence(x, lengths, enforce_sorted=False)) if packed else (lambda: x)
+    with torch.no_grad():
+        _assert_same(_tensors(ref(make())), _tensors(fast(make())), TOL[torch.float32])
 
 
 def test_non_contiguous_input_and_state():
@@ -289,8 +324,9 @@ def test_layer_opcheck(case):
     inp, h0, c0, w_ih, w_hh, b_ih, _, w_hr, bs, reverse = [a.detach() if isinstance(a, torch.Tensor) else a
                                                            for a in args]
     bw_args = (torch.randn_like(out), torch.randn_like(h), None, inp, h0, c0, w_ih, w_hh, w_hr, bs,
-               reverse, b_ih is not None, out, gates, cells)
+               reverse, b_ih is not None, out, gates, cells, True)
     torch.library.opcheck(torch.ops.fastseq.lstm_layer_backward.default, bw_args)
+    torch.library.opcheck(torch.ops.fastseq.lstm_layer_backward.default, bw_args[:-1] + (False,))
 
 
 def test_cell_opcheck():

@@ -49,4 +49,9 @@ at::Tensor linear_nt(const at::Tensor& x, const at::Tensor& w,
   return bias ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
 }
 
+at::Tensor matmul_tn(const at::Tensor& a, const at::Tensor& b) {
+  if (a.size(1) >= b.size(1)) return linear_nt(b.t(), a.t()).t().contiguous();
+  return linear_nt(a.t(), b.t());
+}
+
 }  // namespace fastseq

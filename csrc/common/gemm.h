@@ -17,6 +17,11 @@ at::Tensor linear_nt(const at::Tensor& x, const at::Tensor& w,
 // a [M, K] @ b [K, N] -> new contiguous [M, N].
 inline at::Tensor matmul(const at::Tensor& a, const at::Tensor& b) { return linear_nt(a, b.t()); }
 
+// a[K, M]^T @ b[K, N] -> new contiguous [M, N] (weight gradients: sums over K = T*B rows).
+// oneDNN is ~2x faster when the wider of the two transposed operands is its "weight", so
+// the product is formed as (b^T a)^T when a is the wider one.
+at::Tensor matmul_tn(const at::Tensor& a, const at::Tensor& b);
+
 // True when linear_nt uses oneDNN for CPU float32 (for `fastseq info` and the benchmark notes).
 bool onednn_gemm_available();
 

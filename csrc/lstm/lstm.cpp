@@ -120,13 +120,13 @@ std::vector<at::Tensor> lstm_layer_forward(
     const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr,
-    const std::optional<at::Tensor>& batch_sizes, bool reverse) {
+    const std::optional<at::Tensor>& batch_sizes, bool reverse, bool save_for_backward) {
   const char* op = "lstm_layer_forward";
   const LayerShape s = check_layer_args(op, input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
   const int64_t* bs = checked_batch_sizes(batch_sizes, s.T, s.B, op);
   c10::DeviceGuard guard(input.device());
   return lstm::layer_forward(pointwise_for(input), input, h0, c0, w_ih, w_hh,
-                             combined_bias(b_ih, b_hh), w_hr, bs, reverse);
+                             combined_bias(b_ih, b_hh), w_hr, bs, reverse, save_for_backward);
 }
 
 std::vector<at::Tensor> lstm_layer_backward(
@@ -135,7 +135,7 @@ std::vector<at::Tensor> lstm_layer_backward(
     const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& batch_sizes,
     bool reverse, bool has_bias, const at::Tensor& output, const at::Tensor& gates,
-    const at::Tensor& cells) {
+    const at::Tensor& cells, bool need_d_input) {
   const char* op = "lstm_layer_backward";
   const LayerShape s = check_layer_args(op, input, h0, c0, w_ih, w_hh, std::nullopt,
                                         std::nullopt, w_hr);
@@ -150,7 +150,7 @@ std::vector<at::Tensor> lstm_layer_backward(
   at::Tensor g_c = grad_or_zeros(grad_c_n, {s.B, s.H}, input, op, "grad_c_n");
   return lstm::layer_backward(pointwise_for(input), g_out, g_h, g_c, input, h0, c0, w_ih, w_hh,
                               w_hr, bs, reverse, has_bias, output.contiguous(),
-                              gates.contiguous(), cells.contiguous());
+                              gates.contiguous(), cells.contiguous(), need_d_input);
 }
 
 std::vector<at::Tensor> lstm_cell_forward(const at::Tensor& input, const at::Tensor& h,

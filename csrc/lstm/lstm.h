@@ -15,15 +15,17 @@ namespace fastseq {
 // state and output 0). reverse: run t = T-1 .. 0.
 // Returns {output [T, B, P], h_n [B, P], c_n [B, H], gates [T, B, 4H] (activated),
 //          cells [T, B, H] (c after each step, carried over for inactive rows)};
-// the last two are what lstm_layer_backward needs.
+// the last two are what lstm_layer_backward needs. save_for_backward = false (inference)
+// returns them empty and computes the input projection chunk by chunk, in cache.
 std::vector<at::Tensor> lstm_layer_forward(
     const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr,
-    const std::optional<at::Tensor>& batch_sizes, bool reverse);
+    const std::optional<at::Tensor>& batch_sizes, bool reverse, bool save_for_backward = true);
 
 // Gradients of lstm_layer_forward. grad_output / grad_h_n / grad_c_n may be undefined
-// (no gradient flows there). Returns {d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_bias [4H]
+// (no gradient flows there); need_d_input = false skips the d_input GEMM (first layer on
+// data). Returns {d_input (empty when not needed), d_h0, d_c0, d_w_ih, d_w_hh, d_bias [4H]
 // (the gradient of b_ih and of b_hh alike; empty when has_bias is false), d_w_hr (empty
 // without projection)}.
 std::vector<at::Tensor> lstm_layer_backward(
@@ -32,7 +34,7 @@ std::vector<at::Tensor> lstm_layer_backward(
     const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& batch_sizes,
     bool reverse, bool has_bias, const at::Tensor& output, const at::Tensor& gates,
-    const at::Tensor& cells);
+    const at::Tensor& cells, bool need_d_input);
 
 // One LSTMCell step: input [B, I], h [B, H], c [B, H]. Returns {h', c', gates (activated)}.
 std::vector<at::Tensor> lstm_cell_forward(const at::Tensor& input, const at::Tensor& h,

@@ -98,9 +98,13 @@ void backward_block(const float* dgates, int64_t H, float* dh, int64_t P, const 
 template <class Fn>
 void for_blocks(int64_t rows, int64_t blocks, int64_t macs_per_block_row, Fn fn) {
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, macs_per_block_row * rows));
+  // Balanced row blocks (8 rows -> 4 + 4, not 6 + 2): every block then reuses each loaded
+  // weight vector about equally often.
+  const int64_t nrb = (rows + kMaxRows - 1) / kMaxRows;
+  const int64_t per = nrb ? (rows + nrb - 1) / nrb : 0;
   at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
-      for (int64_t r0 = 0; r0 < rows; r0 += kMaxRows) fn(r0, std::min<int64_t>(kMaxRows, rows - r0), b);
+      for (int64_t r0 = 0; r0 < rows; r0 += per) fn(r0, std::min<int64_t>(per, rows - r0), b);
   });
 }
 

@@ -17,8 +17,10 @@ Dtype cuda_dtype(c10::ScalarType st) {
     case at::kDouble: return Dtype::f64;
     case at::kHalf: return Dtype::f16;
     case at::kBFloat16: return Dtype::bf16;
-    default: TORCH_CHECK(false, "fastseq LSTM (CUDA): unsupported dtype ", st);
+    default: break;
   }
+  TORCH_CHECK(false, "fastseq LSTM (CUDA): unsupported dtype ", st);
+  return Dtype::f32;  // unreachable
 }
 
 }  // namespace

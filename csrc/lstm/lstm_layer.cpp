@@ -33,19 +33,37 @@ std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& inp
                                       const at::Tensor& w_ih, const at::Tensor& w_hh,
                                       const std::optional<at::Tensor>& bias,
                                       const std::optional<at::Tensor>& w_hr,
-                                      const int64_t* batch_sizes, bool reverse) {
+                                      const int64_t* batch_sizes, bool reverse,
+                                      bool save_for_backward) {
   const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
   const int64_t H = c0.size(1), P = h0.size(1), G = 4 * H;
   const bool proj = w_hr.has_value();
   const auto opts = input.options();
 
-  // All timesteps' input projections (plus both biases) in one GEMM; the per-step recurrent
-  // GEMM then accumulates into the same buffer, which finally holds the activated gates.
+  // All timesteps' input projections (plus both biases) in one GEMM; each step adds its
+  // recurrent term and leaves the activated gates there for backward. Inference needs no
+  // history, so it projects ~1 MB of steps at a time and reuses them from cache.
   at::Tensor x2d = input.contiguous().view({T * B, I});
-  at::Tensor gates = linear_nt(x2d, w_ih, bias).view({T, B, G});
+  const int64_t chunk = save_for_backward
+                            ? T
+                            : std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, B * G));
+  at::Tensor gates;
+  int64_t chunk_lo = 0, chunk_hi = 0;  // the steps [chunk_lo, chunk_hi) held in `gates`
+  if (save_for_backward) {
+    gates = linear_nt(x2d, w_ih, bias);
+    chunk_hi = T;
+  }
+  auto gates_at = [&](int64_t t) -> void* {
+    if (t < chunk_lo || t >= chunk_hi) {
+      chunk_lo = reverse ? std::max<int64_t>(0, t - chunk + 1) : t;
+      chunk_hi = reverse ? t + 1 : std::min<int64_t>(T, t + chunk);
+      gates = linear_nt(x2d.narrow(0, chunk_lo * B, (chunk_hi - chunk_lo) * B), w_ih, bias);
+    }
+    return row_ptr(gates, (t - chunk_lo) * B * G);
+  };
 
   at::Tensor output = batch_sizes ? at::zeros({T, B, P}, opts) : at::empty({T, B, P}, opts);
-  at::Tensor cells = at::empty({T, B, H}, opts);
+  at::Tensor cells = save_for_backward ? at::empty({T, B, H}, opts) : at::empty({0}, opts);
   at::Tensor h_state = h0.clone(at::MemoryFormat::Contiguous);
   at::Tensor c_state = c0.clone(at::MemoryFormat::Contiguous);
   at::Tensor h_pre = proj ? at::empty({B, H}, opts) : at::Tensor();
@@ -59,8 +77,8 @@ std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& inp
     const int64_t t = reverse ? T - 1 - s : s;
     const int64_t rows = active_rows(batch_sizes, t, B);
     if (rows > 0 && fused) {
-      ForwardStep step{row_ptr(gates, t * B * G), nullptr, c_state.data_ptr(), c_state.data_ptr(),
-                       row_ptr(cells, t * B * H),
+      ForwardStep step{gates_at(t), nullptr, c_state.data_ptr(), c_state.data_ptr(),
+                       save_for_backward ? row_ptr(cells, t * B * H) : nullptr,
                        proj ? h_pre.data_ptr() : row_ptr(output, t * B * P),
                        proj ? nullptr : h_next.data_ptr(), rows, H};
       fused_forward_step(step, h_state.data_ptr<float>(), P, packed);
@@ -74,11 +92,11 @@ std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& inp
       }
     } else if (rows > 0) {
       at::Tensor recurrent = linear_nt(h_state.narrow(0, 0, rows), w_hh);
-      ForwardStep step{row_ptr(gates, t * B * G),
+      ForwardStep step{gates_at(t),
                        recurrent.data_ptr(),
                        c_state.data_ptr(),
                        c_state.data_ptr(),
-                       row_ptr(cells, t * B * H),
+                       save_for_backward ? row_ptr(cells, t * B * H) : nullptr,
                        proj ? h_pre.data_ptr() : row_ptr(output, t * B * P),
                        proj ? nullptr : h_state.data_ptr(),
                        rows,
@@ -90,13 +108,14 @@ std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& inp
         h_state.narrow(0, 0, rows).copy_(h_t);
       }
     }
-    if (rows < B) {
+    if (rows < B && save_for_backward) {
       // Inactive rows carry their cell state, so `cells` of the previous step is always
       // the c_prev of the next one (backward relies on it).
       cells.select(0, t).narrow(0, rows, B - rows).copy_(c_state.narrow(0, rows, B - rows));
     }
   }
-  return {output, h_state, c_state, gates, cells};
+  if (!save_for_backward) return {output, h_state, c_state, at::empty({0}, opts), cells};
+  return {output, h_state, c_state, gates.view({T, B, G}), cells};
 }
 
 std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& grad_output,
@@ -106,7 +125,7 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
                                        const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
                                        const int64_t* batch_sizes, bool reverse, bool has_bias,
                                        const at::Tensor& output, const at::Tensor& gates,
-                                       const at::Tensor& cells) {
+                                       const at::Tensor& cells, bool need_d_input) {
   const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
   const int64_t H = c0.size(1), P = h0.size(1), G = 4 * H;
   const bool proj = w_hr.has_value();
@@ -157,8 +176,8 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
 
   at::Tensor dgates2d = dgates.view({T * B, G});
   at::Tensor x2d = input.contiguous().view({T * B, I});
-  at::Tensor d_input = matmul(dgates2d, w_ih).view({T, B, I});
-  at::Tensor d_w_ih = matmul(dgates2d.t(), x2d);
+  at::Tensor d_input = need_d_input ? matmul(dgates2d, w_ih).view({T, B, I}) : at::empty({0}, opts);
+  at::Tensor d_w_ih = matmul_tn(dgates2d, x2d);
 
   // dW_hh = sum_t dG[t]^T h_prev[t]. h_prev is the previous step's output for every active
   // row except at a row's first step, where it is h0: one GEMM over the shifted outputs
@@ -167,7 +186,7 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
   if (T > 1) {
     at::Tensor dg_shift = reverse ? dgates.narrow(0, 0, T - 1) : dgates.narrow(0, 1, T - 1);
     at::Tensor out_shift = reverse ? output.narrow(0, 1, T - 1) : output.narrow(0, 0, T - 1);
-    d_w_hh = matmul(dg_shift.reshape({(T - 1) * B, G}).t(), out_shift.reshape({(T - 1) * B, P}));
+    d_w_hh = matmul_tn(dg_shift.reshape({(T - 1) * B, G}), out_shift.reshape({(T - 1) * B, P}));
   }
   at::Tensor dg_first;
   if (!reverse) {
@@ -181,11 +200,11 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
       if (hi > lo) dg_first.narrow(0, lo, hi - lo).copy_(dgates.select(0, t).narrow(0, lo, hi - lo));
     }
   }
-  at::Tensor d_w_hh_first = matmul(dg_first.t(), h0);
+  at::Tensor d_w_hh_first = matmul_tn(dg_first, h0);
   d_w_hh = d_w_hh.defined() ? d_w_hh.add_(d_w_hh_first) : d_w_hh_first;
 
   at::Tensor d_bias = has_bias ? dgates2d.sum(0) : at::empty({0}, opts);
-  at::Tensor d_w_hr = proj ? matmul(dh_proj.view({T * B, P}).t(), h_pre_all.view({T * B, H}))
+  at::Tensor d_w_hr = proj ? matmul_tn(dh_proj.view({T * B, P}), h_pre_all.view({T * B, H}))
                            : at::empty({0}, opts);
   return {d_input, dh_state, dc_state, d_w_ih, d_w_hh, d_bias, d_w_hr};
 }
@@ -221,8 +240,8 @@ std::vector<at::Tensor> cell_backward(const Pointwise& pw, const at::Tensor& gra
                     nullptr, dc.data_ptr(), dgates.data_ptr(), nullptr, B, H};
   pw.backward(step, input.scalar_type());
   at::Tensor d_bias = has_bias ? dgates.sum(0) : at::empty({0}, input.options());
-  return {matmul(dgates, w_ih), matmul(dgates, w_hh), dc, matmul(dgates.t(), input),
-          matmul(dgates.t(), h), d_bias};
+  return {matmul(dgates, w_ih), matmul(dgates, w_hh), dc, matmul_tn(dgates, input),
+          matmul_tn(dgates, h), d_bias};
 }
 
 }  // namespace lstm

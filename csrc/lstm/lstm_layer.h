@@ -31,7 +31,8 @@ std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& inp
                                       const at::Tensor& w_ih, const at::Tensor& w_hh,
                                       const std::optional<at::Tensor>& bias,
                                       const std::optional<at::Tensor>& w_hr,
-                                      const int64_t* batch_sizes, bool reverse);
+                                      const int64_t* batch_sizes, bool reverse,
+                                      bool save_for_backward);
 
 std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& grad_output,
                                        const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
@@ -40,7 +41,7 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
                                        const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
                                        const int64_t* batch_sizes, bool reverse, bool has_bias,
                                        const at::Tensor& output, const at::Tensor& gates,
-                                       const at::Tensor& cells);
+                                       const at::Tensor& cells, bool need_d_input);
 
 std::vector<at::Tensor> cell_forward(const Pointwise& pw, const at::Tensor& input,
                                      const at::Tensor& h, const at::Tensor& c,

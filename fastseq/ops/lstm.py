@@ -41,19 +41,20 @@ def lstm_layer_backward(grad_output: Optional[Tensor], grad_h_n: Optional[Tensor
                         grad_c_n: Optional[Tensor], input: Tensor, h0: Tensor, c0: Tensor,
                         w_ih: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
                         batch_sizes: Optional[Tensor], reverse: bool, has_bias: bool,
-                        output: Tensor, gates: Tensor, cells: Tensor
+                        output: Tensor, gates: Tensor, cells: Tensor, need_d_input: bool
                         ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> (d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_bias [4H] or [0], d_w_hr [P, H] or [0])."""
+    """-> (d_input or [0] when not need_d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_bias [4H] or [0], d_w_hr [P, H] or [0])."""
     return tuple(_C.lstm_layer_backward(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih,
                                         w_hh, w_hr, batch_sizes, reverse, has_bias, output,
-                                        gates, cells))
+                                        gates, cells, need_d_input))
 
 
 @lstm_layer_backward.register_fake
 def _(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, w_hr, batch_sizes, reverse,
-      has_bias, output, gates, cells):
+      has_bias, output, gates, cells, need_d_input):
     H = c0.shape[1]
-    return (torch.empty_like(input, memory_format=torch.contiguous_format),
+    return (torch.empty_like(input, memory_format=torch.contiguous_format) if need_d_input
+            else input.new_empty(0),
             h0.new_empty(h0.shape), c0.new_empty(c0.shape), w_ih.new_empty(w_ih.shape),
             w_hh.new_empty(w_hh.shape), input.new_empty(4 * H if has_bias else 0),
             w_hr.new_empty(w_hr.shape) if w_hr is not None else input.new_empty(0))
@@ -72,8 +73,8 @@ def _layer_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cel
     input, h0, c0, w_ih, w_hh, w_hr, batch_sizes, out, gates, cells = ctx.saved_tensors
     d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, d_w_hr = lstm_layer_backward(
         grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, w_hr, batch_sizes,
-        ctx.reverse, ctx.has_b_ih or ctx.has_b_hh, out, gates, cells)
-    return (d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_bias if ctx.has_b_ih else None,
+        ctx.reverse, ctx.has_b_ih or ctx.has_b_hh, out, gates, cells, ctx.needs_input_grad[0])
+    return (d_input if ctx.needs_input_grad[0] else None, d_h0, d_c0, d_w_ih, d_w_hh, d_bias if ctx.has_b_ih else None,
             d_bias if ctx.has_b_hh else None, d_w_hr if w_hr is not None else None, None, None)
 
 
@@ -99,8 +100,8 @@ class _LSTMLayerFunction(torch.autograd.Function):
         input, h0, c0, w_ih, w_hh, w_hr, batch_sizes, out, gates, cells = ctx.saved_tensors
         d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, d_w_hr = _C.lstm_layer_backward(
             grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, w_hr, batch_sizes,
-            ctx.reverse, ctx.has_b_ih or ctx.has_b_hh, out, gates, cells)
-        return (d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_bias if ctx.has_b_ih else None,
+            ctx.reverse, ctx.has_b_ih or ctx.has_b_hh, out, gates, cells, ctx.needs_input_grad[0])
+        return (d_input if ctx.needs_input_grad[0] else None, d_h0, d_c0, d_w_ih, d_w_hh, d_bias if ctx.has_b_ih else None,
                 d_bias if ctx.has_b_hh else None, d_w_hr if w_hr is not None else None, None, None)
 
 
@@ -113,8 +114,8 @@ def lstm_layer(x: Tensor, state: Tuple[Tensor, Tensor], weights: tuple,
         out, h_n, c_n, _, _ = lstm_layer_forward(*args)
     elif torch.is_grad_enabled():
         out, h_n, c_n, _, _ = _LSTMLayerFunction.apply(*args)
-    else:  # inference: straight to C++
-        out, h_n, c_n, _, _ = _C.lstm_layer_forward(*args)
+    else:  # inference: straight to C++, nothing saved for backward
+        out, h_n, c_n, _, _ = _C.lstm_layer_forward(*args, False)
     return out, (h_n, c_n)
 
 
