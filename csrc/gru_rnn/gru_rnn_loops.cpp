@@ -101,9 +101,10 @@ void previous_states(at::Tensor& prev, const at::Tensor& out, const at::Tensor& 
   }
 }
 
-// acc += a @ b; reduced-precision gradients accumulate over chunks in float32.
-void accumulate_mm(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b) {
-  acc.add_(matmul(a, b));
+// acc += a^T @ b (a weight gradient over one chunk's rows); reduced-precision gradients
+// accumulate over chunks in float32.
+void accumulate_mm_tn(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b) {
+  acc.add_(matmul_tn(a, b));
 }
 
 struct WeightGrads {
@@ -162,13 +163,13 @@ WeightGrads backward_steps(const at::Tensor& x, const at::Tensor& h0, const at::
     const at::Tensor x2 = x.narrow(0, lo, n).view({n * B, I});
     const at::Tensor prev2 = prev.narrow(0, 0, n).view({n * B, H});
     if (one_chunk) {
-      g.dw_ih = matmul(dgi2.t(), x2);
-      g.dw_hh = matmul(dgh2.t(), prev2);
+      g.dw_ih = matmul_tn(dgi2, x2);
+      g.dw_hh = matmul_tn(dgh2, prev2);
       g.db_ih = dgi2.sum(0);
       if (!shared_dgh) g.db_hh = dgh2.sum(0);
     } else {
-      accumulate_mm(g.dw_ih, dgi2.t(), x2);
-      accumulate_mm(g.dw_hh, dgh2.t(), prev2);
+      accumulate_mm_tn(g.dw_ih, dgi2, x2);
+      accumulate_mm_tn(g.dw_hh, dgh2, prev2);
       g.db_ih.add_(dgi2.sum(0));
       if (!shared_dgh) g.db_hh.add_(dgh2.sum(0));
     }
