@@ -5,8 +5,10 @@
 #include "common/build_info.h"
 
 // ---- lstm declarations ----
+#include "lstm/lstm.h"
 
 // ---- gru / rnn declarations ----
+#include "gru_rnn/gru_rnn.h"
 
 // ---- attention declarations ----
 #include "attention/attention.h"
@@ -26,8 +28,49 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   );
 
   // ---- lstm bindings ----
+  m.def("lstm_layer_forward", &fastseq::lstm_layer_forward, py::arg("input"), py::arg("h0"),
+        py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"),
+        py::arg("w_hr"), py::arg("batch_sizes"), py::arg("reverse"),
+        py::arg("save_for_backward") = true,
+        "One LSTM layer, one direction, whole sequence -> [output, h_n, c_n, gates, cells]");
+  m.def("lstm_layer_backward", &fastseq::lstm_layer_backward, py::arg("grad_output"),
+        py::arg("grad_h_n"), py::arg("grad_c_n"), py::arg("input"), py::arg("h0"), py::arg("c0"),
+        py::arg("w_ih"), py::arg("w_hh"), py::arg("w_hr"), py::arg("batch_sizes"),
+        py::arg("reverse"), py::arg("has_bias"), py::arg("output"), py::arg("gates"),
+        py::arg("cells"), py::arg("need_d_input") = true,
+        "Backward through time of lstm_layer_forward -> [d_input, d_h0, d_c0, d_w_ih, d_w_hh, "
+        "d_bias, d_w_hr]");
+  m.def("lstm_cell_forward", &fastseq::lstm_cell_forward, py::arg("input"), py::arg("h"),
+        py::arg("c"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"),
+        "One LSTMCell step -> [h_next, c_next, gates]");
+  m.def("lstm_cell_backward", &fastseq::lstm_cell_backward, py::arg("grad_h_next"),
+        py::arg("grad_c_next"), py::arg("input"), py::arg("h"), py::arg("c"), py::arg("w_ih"),
+        py::arg("w_hh"), py::arg("has_bias"), py::arg("gates"), py::arg("c_next"),
+        "Backward of lstm_cell_forward -> [d_input, d_h, d_c, d_w_ih, d_w_hh, d_bias]");
 
   // ---- gru / rnn bindings ----
+  m.def("gru_forward", &fastseq::gru_forward, "fused GRU, one layer and direction over a sequence",
+        py::arg("input"), py::arg("hx"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"),
+        py::arg("batch_sizes"), py::arg("reverse"), py::arg("need_workspace"));
+  m.def("gru_backward", &fastseq::gru_backward, "backward through time of gru_forward",
+        py::arg("grad_output"), py::arg("grad_hy"), py::arg("input"), py::arg("hx"), py::arg("w_ih"),
+        py::arg("w_hh"), py::arg("output"), py::arg("workspace"), py::arg("batch_sizes"), py::arg("reverse"),
+        py::arg("need_input_grad"), py::arg("need_hx_grad"));
+  m.def("rnn_forward", &fastseq::rnn_forward, "fused Elman RNN (tanh/relu), one layer and direction",
+        py::arg("input"), py::arg("hx"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"),
+        py::arg("batch_sizes"), py::arg("reverse"), py::arg("nonlinearity"));
+  m.def("gru_cell_forward", &fastseq::gru_cell_forward, "one fused GRU step (GRUCell)", py::arg("input"),
+        py::arg("hx"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("need_workspace"));
+  m.def("rnn_cell_forward", &fastseq::rnn_cell_forward, "one fused Elman RNN step (RNNCell)", py::arg("input"),
+        py::arg("hx"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("nonlinearity"));
+  m.def("gru_cell", &fastseq::gru_cell, "one fused GRU step with its autograd (C++ node)", py::arg("input"),
+        py::arg("hx"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"));
+  m.def("rnn_cell", &fastseq::rnn_cell, "one fused Elman RNN step with its autograd (C++ node)", py::arg("input"),
+        py::arg("hx"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("nonlinearity"));
+  m.def("rnn_backward", &fastseq::rnn_backward, "backward through time of rnn_forward",
+        py::arg("grad_output"), py::arg("grad_hy"), py::arg("input"), py::arg("hx"), py::arg("w_ih"),
+        py::arg("w_hh"), py::arg("output"), py::arg("batch_sizes"), py::arg("reverse"), py::arg("nonlinearity"),
+        py::arg("need_input_grad"), py::arg("need_hx_grad"));
 
   // ---- attention bindings ----
   m.def("attention_forward", &fastseq::attention_forward, "fused scaled-dot-product attention forward",

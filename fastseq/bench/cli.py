@@ -11,9 +11,11 @@ from .harness import format_summary, format_table, run_case
 
 # Each suite module exposes cases(suite: str, device: torch.device) -> list[BenchCase].
 SUITE_MODULES = [
-    "fastseq.bench.models",
+    "fastseq.bench.lstm",
+    "fastseq.bench.gru_rnn",
     "fastseq.bench.attention",
     "fastseq.bench.mha",
+    "fastseq.bench.models",
 ]
 
 

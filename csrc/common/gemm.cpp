@@ -1,0 +1,57 @@
+// See gemm.h: oneDNN GEMM through torch's dispatcher for CPU float32, ATen otherwise.
+#include "common/gemm.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/mm.h>
+#include <c10/core/Scalar.h>
+#include <c10/util/string_view.h>
+
+namespace fastseq {
+namespace {
+
+using LinearPointwiseFn = at::Tensor(const at::Tensor&, const at::Tensor&,
+                                     const std::optional<at::Tensor>&, c10::string_view,
+                                     c10::List<std::optional<at::Scalar>>,
+                                     std::optional<c10::string_view>);
+
+// Looked up once: torch builds without oneDNN simply lack the op.
+const c10::TypedOperatorHandle<LinearPointwiseFn>* onednn_linear() {
+  static const std::optional<c10::TypedOperatorHandle<LinearPointwiseFn>> handle =
+      []() -> std::optional<c10::TypedOperatorHandle<LinearPointwiseFn>> {
+    auto op = c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
+    if (!op) return std::nullopt;
+    try {
+      return op->typed<LinearPointwiseFn>();
+    } catch (const c10::Error&) {  // a schema change in a future torch: use ATen instead
+      return std::nullopt;
+    }
+  }();
+  return handle ? &*handle : nullptr;
+}
+
+// Below this many multiply-adds oneDNN's per-call cost (~10 us) outweighs its faster kernel.
+constexpr int64_t kOnednnMinMacs = int64_t(1) << 20;
+
+}  // namespace
+
+bool onednn_gemm_available() { return onednn_linear() != nullptr; }
+
+at::Tensor linear_nt(const at::Tensor& x, const at::Tensor& w,
+                     const std::optional<at::Tensor>& bias) {
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  if (x.is_cpu() && x.scalar_type() == at::kFloat && M > 0 && N > 0 && K > 0 &&
+      M * N * K >= kOnednnMinMacs) {
+    if (const auto* op = onednn_linear()) {
+      return op->call(x, w, bias, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
+    }
+  }
+  return bias ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
+}
+
+at::Tensor matmul_tn(const at::Tensor& a, const at::Tensor& b) {
+  if (a.size(1) >= b.size(1)) return linear_nt(b.t(), a.t()).t().contiguous();
+  return linear_nt(a.t(), b.t());
+}
+
+}  // namespace fastseq

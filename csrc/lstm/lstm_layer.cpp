@@ -1,0 +1,248 @@
+// The device-generic LSTM sequence loops: the input projection of all timesteps as one GEMM,
+// then per step one GEMM (h W_hh^T) and one fused pointwise pass; backward through time
+// likewise, with the weight gradients as one GEMM each over all timesteps at the end.
+#include "lstm/lstm_layer.h"
+
+#include <ATen/ops/add.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+
+#include "common/gemm.h"
+#include "lstm/lstm_cpu_fused.h"
+
+#include <utility>
+
+namespace fastseq {
+namespace lstm {
+namespace {
+
+// Rows active at step t: batch_sizes[t] for packed sequences, else all.
+inline int64_t active_rows(const int64_t* batch_sizes, int64_t t, int64_t batch) {
+  return batch_sizes ? batch_sizes[t] : batch;
+}
+
+template <class T = void>
+inline T* row_ptr(const at::Tensor& t, int64_t offset_elems) {
+  return static_cast<T*>(static_cast<char*>(t.data_ptr()) + offset_elems * t.element_size());
+}
+
+}  // namespace
+
+std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& input,
+                                      const at::Tensor& h0, const at::Tensor& c0,
+                                      const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                      const std::optional<at::Tensor>& bias,
+                                      const std::optional<at::Tensor>& w_hr,
+                                      const int64_t* batch_sizes, bool reverse,
+                                      bool save_for_backward) {
+  const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
+  const int64_t H = c0.size(1), P = h0.size(1), G = 4 * H;
+  const bool proj = w_hr.has_value();
+  const auto opts = input.options();
+
+  // All timesteps' input projections (plus both biases) in one GEMM; each step adds its
+  // recurrent term and leaves the activated gates there for backward. Inference needs no
+  // history, so it projects ~1 MB of steps at a time and reuses them from cache.
+  at::Tensor x2d = input.contiguous().view({T * B, I});
+  const int64_t chunk = save_for_backward
+                            ? T
+                            : std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, B * G));
+  at::Tensor gates;
+  int64_t chunk_lo = 0, chunk_hi = 0;  // the steps [chunk_lo, chunk_hi) held in `gates`
+  if (save_for_backward) {
+    gates = linear_nt(x2d, w_ih, bias);
+    chunk_hi = T;
+  }
+  auto gates_at = [&](int64_t t) -> void* {
+    if (t < chunk_lo || t >= chunk_hi) {
+      chunk_lo = reverse ? std::max<int64_t>(0, t - chunk + 1) : t;
+      chunk_hi = reverse ? t + 1 : std::min<int64_t>(T, t + chunk);
+      gates = linear_nt(x2d.narrow(0, chunk_lo * B, (chunk_hi - chunk_lo) * B), w_ih, bias);
+    }
+    return row_ptr(gates, (t - chunk_lo) * B * G);
+  };
+
+  at::Tensor output = batch_sizes ? at::zeros({T, B, P}, opts) : at::empty({T, B, P}, opts);
+  at::Tensor cells = save_for_backward ? at::empty({T, B, H}, opts) : at::empty({0}, opts);
+  at::Tensor h_state = h0.clone(at::MemoryFormat::Contiguous);
+  at::Tensor c_state = c0.clone(at::MemoryFormat::Contiguous);
+  at::Tensor h_pre = proj ? at::empty({B, H}, opts) : at::Tensor();
+  // CPU float32: packed W_hh and a fused GEMM + gate step; the new h goes to a second
+  // buffer because other threads still read the old one within the step.
+  const bool fused = cpu_fused_supported(input);
+  at::Tensor packed = fused ? pack_forward_weight(w_hh) : at::Tensor();
+  at::Tensor h_next = fused && !proj ? at::empty({B, P}, opts) : at::Tensor();
+
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = reverse ? T - 1 - s : s;
+    const int64_t rows = active_rows(batch_sizes, t, B);
+    if (rows > 0 && fused) {
+      ForwardStep step{gates_at(t), nullptr, c_state.data_ptr(), c_state.data_ptr(),
+                       save_for_backward ? row_ptr(cells, t * B * H) : nullptr,
+                       proj ? h_pre.data_ptr() : row_ptr(output, t * B * P),
+                       proj ? nullptr : h_next.data_ptr(), rows, H};
+      fused_forward_step(step, h_state.data_ptr<float>(), P, packed);
+      if (proj) {
+        at::Tensor h_t = linear_nt(h_pre.narrow(0, 0, rows), *w_hr);
+        output.select(0, t).narrow(0, 0, rows).copy_(h_t);
+        h_state.narrow(0, 0, rows).copy_(h_t);
+      } else {
+        if (rows < B) h_next.narrow(0, rows, B - rows).copy_(h_state.narrow(0, rows, B - rows));
+        std::swap(h_state, h_next);
+      }
+    } else if (rows > 0) {
+      at::Tensor recurrent = linear_nt(h_state.narrow(0, 0, rows), w_hh);
+      ForwardStep step{gates_at(t),
+                       recurrent.data_ptr(),
+                       c_state.data_ptr(),
+                       c_state.data_ptr(),
+                       save_for_backward ? row_ptr(cells, t * B * H) : nullptr,
+                       proj ? h_pre.data_ptr() : row_ptr(output, t * B * P),
+                       proj ? nullptr : h_state.data_ptr(),
+                       rows,
+                       H};
+      pw.forward(step, input.scalar_type());
+      if (proj) {
+        at::Tensor h_t = linear_nt(h_pre.narrow(0, 0, rows), *w_hr);
+        output.select(0, t).narrow(0, 0, rows).copy_(h_t);
+        h_state.narrow(0, 0, rows).copy_(h_t);
+      }
+    }
+    if (rows < B && save_for_backward) {
+      // Inactive rows carry their cell state, so `cells` of the previous step is always
+      // the c_prev of the next one (backward relies on it).
+      cells.select(0, t).narrow(0, rows, B - rows).copy_(c_state.narrow(0, rows, B - rows));
+    }
+  }
+  if (!save_for_backward) return {output, h_state, c_state, at::empty({0}, opts), cells};
+  return {output, h_state, c_state, gates.view({T, B, G}), cells};
+}
+
+std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& grad_output,
+                                       const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
+                                       const at::Tensor& input, const at::Tensor& h0,
+                                       const at::Tensor& c0, const at::Tensor& w_ih,
+                                       const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
+                                       const int64_t* batch_sizes, bool reverse, bool has_bias,
+                                       const at::Tensor& output, const at::Tensor& gates,
+                                       const at::Tensor& cells, bool need_d_input) {
+  const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
+  const int64_t H = c0.size(1), P = h0.size(1), G = 4 * H;
+  const bool proj = w_hr.has_value();
+  const auto opts = input.options();
+
+  // Inactive rows must contribute exactly zero to the weight GEMMs, hence zeros there.
+  at::Tensor dgates = batch_sizes ? at::zeros({T, B, G}, opts) : at::empty({T, B, G}, opts);
+  at::Tensor dh_state = grad_h_n.clone(at::MemoryFormat::Contiguous);
+  at::Tensor dc_state = grad_c_n.clone(at::MemoryFormat::Contiguous);
+  at::Tensor c0c = c0.contiguous();
+  at::Tensor dout = grad_output.contiguous();
+  at::Tensor dh_proj, h_pre_all, dh_pre;
+  if (proj) {
+    dh_proj = batch_sizes ? at::zeros({T, B, P}, opts) : at::empty({T, B, P}, opts);
+    h_pre_all = batch_sizes ? at::zeros({T, B, H}, opts) : at::empty({T, B, H}, opts);
+  }
+
+  const bool fused = cpu_fused_supported(input);
+  at::Tensor packed = fused ? pack_backward_weight(w_hh) : at::Tensor();
+
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = reverse ? s : T - 1 - s;  // the forward order, undone
+    const int64_t rows = active_rows(batch_sizes, t, B);
+    if (rows == 0) continue;
+    const int64_t t_prev = reverse ? t + 1 : t - 1;
+    const void* c_prev = (t_prev >= 0 && t_prev < T) ? row_ptr(cells, t_prev * B * H) : c0c.data_ptr();
+    at::Tensor dgates_t = dgates.select(0, t).narrow(0, 0, rows);
+    BackwardStep step{row_ptr(gates, t * B * G), row_ptr(cells, t * B * H), c_prev,
+                      nullptr, nullptr, dc_state.data_ptr(), dgates_t.data_ptr(), nullptr,
+                      rows, H};
+    if (proj) {
+      at::Tensor dhp_t = dh_proj.select(0, t).narrow(0, 0, rows);
+      at::add_out(dhp_t, dout.select(0, t).narrow(0, 0, rows), dh_state.narrow(0, 0, rows));
+      dh_pre = matmul(dhp_t, *w_hr);
+      step.dh = dh_pre.data_ptr();
+      step.h_pre = row_ptr(h_pre_all, t * B * H);
+    } else {
+      step.dh = row_ptr(dout, t * B * P);
+      step.dh2 = dh_state.data_ptr();
+    }
+    pw.backward(step, input.scalar_type());
+    if (fused) {
+      packed_backward_gemm(dgates_t.data_ptr<float>(), rows, H, dh_state.data_ptr<float>(), P, packed);
+    } else {
+      dh_state.narrow(0, 0, rows).copy_(matmul(dgates_t, w_hh));
+    }
+  }
+
+  at::Tensor dgates2d = dgates.view({T * B, G});
+  at::Tensor x2d = input.contiguous().view({T * B, I});
+  at::Tensor d_input = need_d_input ? matmul(dgates2d, w_ih).view({T, B, I}) : at::empty({0}, opts);
+  at::Tensor d_w_ih = matmul_tn(dgates2d, x2d);
+
+  // dW_hh = sum_t dG[t]^T h_prev[t]. h_prev is the previous step's output for every active
+  // row except at a row's first step, where it is h0: one GEMM over the shifted outputs
+  // (rows newly active in a reverse packed pass meet zeros there) plus one with h0.
+  at::Tensor d_w_hh;
+  if (T > 1) {
+    at::Tensor dg_shift = reverse ? dgates.narrow(0, 0, T - 1) : dgates.narrow(0, 1, T - 1);
+    at::Tensor out_shift = reverse ? output.narrow(0, 1, T - 1) : output.narrow(0, 0, T - 1);
+    d_w_hh = matmul_tn(dg_shift.reshape({(T - 1) * B, G}), out_shift.reshape({(T - 1) * B, P}));
+  }
+  at::Tensor dg_first;
+  if (!reverse) {
+    dg_first = dgates.select(0, 0);
+  } else if (!batch_sizes) {
+    dg_first = dgates.select(0, T - 1);
+  } else {
+    dg_first = at::empty({B, G}, opts);
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const int64_t lo = t + 1 < T ? batch_sizes[t + 1] : 0, hi = batch_sizes[t];
+      if (hi > lo) dg_first.narrow(0, lo, hi - lo).copy_(dgates.select(0, t).narrow(0, lo, hi - lo));
+    }
+  }
+  at::Tensor d_w_hh_first = matmul_tn(dg_first, h0);
+  d_w_hh = d_w_hh.defined() ? d_w_hh.add_(d_w_hh_first) : d_w_hh_first;
+
+  at::Tensor d_bias = has_bias ? dgates2d.sum(0) : at::empty({0}, opts);
+  at::Tensor d_w_hr = proj ? matmul_tn(dh_proj.view({T * B, P}), h_pre_all.view({T * B, H}))
+                           : at::empty({0}, opts);
+  return {d_input, dh_state, dc_state, d_w_ih, d_w_hh, d_bias, d_w_hr};
+}
+
+std::vector<at::Tensor> cell_forward(const Pointwise& pw, const at::Tensor& input,
+                                     const at::Tensor& h, const at::Tensor& c,
+                                     const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                     const std::optional<at::Tensor>& bias) {
+  const int64_t B = input.size(0), H = c.size(1);
+  at::Tensor gates = linear_nt(input, w_ih, bias);
+  at::Tensor recurrent = linear_nt(h, w_hh);
+  at::Tensor c_prev = c.contiguous();
+  at::Tensor h_next = at::empty({B, H}, input.options());
+  at::Tensor c_next = at::empty({B, H}, input.options());
+  ForwardStep step{gates.data_ptr(), recurrent.data_ptr(), c_prev.data_ptr(), c_next.data_ptr(), nullptr,
+                   h_next.data_ptr(), nullptr, B, H};
+  pw.forward(step, input.scalar_type());
+  return {h_next, c_next, gates};
+}
+
+std::vector<at::Tensor> cell_backward(const Pointwise& pw, const at::Tensor& grad_h_next,
+                                      const at::Tensor& grad_c_next, const at::Tensor& input,
+                                      const at::Tensor& h, const at::Tensor& c,
+                                      const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                      bool has_bias, const at::Tensor& gates,
+                                      const at::Tensor& c_next) {
+  const int64_t B = input.size(0), H = c.size(1);
+  at::Tensor dgates = at::empty({B, 4 * H}, input.options());
+  at::Tensor dc = grad_c_next.clone(at::MemoryFormat::Contiguous);
+  at::Tensor dh = grad_h_next.contiguous();
+  at::Tensor c_prev = c.contiguous();
+  BackwardStep step{gates.data_ptr(), c_next.data_ptr(), c_prev.data_ptr(), dh.data_ptr(),
+                    nullptr, dc.data_ptr(), dgates.data_ptr(), nullptr, B, H};
+  pw.backward(step, input.scalar_type());
+  at::Tensor d_bias = has_bias ? dgates.sum(0) : at::empty({0}, input.options());
+  return {matmul(dgates, w_ih), matmul(dgates, w_hh), dc, matmul_tn(dgates, input),
+          matmul_tn(dgates, h), d_bias};
+}
+
+}  // namespace lstm
+}  // namespace fastseq

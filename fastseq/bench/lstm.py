@@ -1,0 +1,76 @@
+"""Benchmark cases: fastseq.nn.LSTM / LSTMCell against torch.nn.LSTM / LSTMCell (on CPU torch
+runs oneDNN's fused RNN, aten::mkldnn_rnn_layer, for float32 without projection), training
+(forward + backward) and inference (no_grad). No case falls back to torch."""
+import itertools
+
+import torch
+
+from .harness import BenchCase
+
+
+def _layer_setup(T, B, H, L, mode, device):
+    def setup():
+        torch.manual_seed(0)
+        ref = torch.nn.LSTM(H, H, num_layers=L).to(device)
+        from ..nn import LSTM
+        fast = LSTM(H, H, num_layers=L).to(device)
+        fast.load_state_dict(ref.state_dict())
+        x = torch.randn(T, B, H, device=device)
+
+        def make(module):
+            params = list(module.parameters())
+            if mode == "infer":
+                def run():
+                    with torch.no_grad():
+                        return module(x)[0]
+                return run
+            xg = x.clone().requires_grad_()
+
+            def run():
+                out, (h, c) = module(xg)
+                loss = out.sum() + h.sum()
+                return [out.detach(), *torch.autograd.grad(loss, [xg] + params)]
+            return run
+        return make(ref), make(fast)
+    return setup
+
+
+def _cell_setup(B, H, mode, device):
+    def setup():
+        torch.manual_seed(0)
+        ref = torch.nn.LSTMCell(H, H).to(device)
+        from ..nn import LSTMCell
+        fast = LSTMCell(H, H).to(device)
+        fast.load_state_dict(ref.state_dict())
+        x, h, c = (torch.randn(B, H, device=device) for _ in range(3))
+
+        def make(module):
+            params = list(module.parameters())
+            if mode == "infer":
+                def run():
+                    with torch.no_grad():
+                        return module(x, (h, c))
+                return run
+
+            def run():
+                h1, c1 = module(x, (h, c))
+                return list(torch.autograd.grad(h1.sum() + c1.sum(), params))
+            return run
+        return make(ref), make(fast)
+    return setup
+
+
+def cases(suite, device):
+    if suite == "small":
+        grid = [(35, 16, 128, 1, "train"), (100, 32, 256, 2, "train"), (35, 16, 128, 1, "infer"),
+                (100, 64, 256, 1, "infer")]
+        cells = [(16, 128, "infer"), (16, 128, "train")]
+    else:
+        grid = [(T, B, H, L, mode) for mode, T, B, H, L in
+                itertools.product(["train", "infer"], [35, 100, 200], [8, 64], [64, 256], [1, 2])]
+        cells = [(B, H, mode) for mode in ("infer", "train") for B, H in ((1, 256), (16, 128), (64, 256))]
+    out = [BenchCase("lstm", f"T={T} B={B} I=H={H} L={L}", mode, "torch.nn.LSTM",
+                     _layer_setup(T, B, H, L, mode, device)) for T, B, H, L, mode in grid]
+    out += [BenchCase("lstm_cell", f"one step B={B} I=H={H}", mode, "torch.nn.LSTMCell",
+                      _cell_setup(B, H, mode, device)) for B, H, mode in cells]
+    return out

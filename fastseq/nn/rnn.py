@@ -1,0 +1,132 @@
+"""Drop-in fused LSTM and LSTMCell: subclasses of the torch modules (same constructor,
+parameters, initialisation and state_dict) whose forward runs fastseq's fused kernels."""
+import importlib.abc
+import importlib.util
+import sys
+
+import torch
+from torch import Tensor
+
+from .._ext import require_cuda_build
+from ..ops.lstm import lstm_cell, lstm_layer
+from ._recurrent import run_recurrent_stack
+
+# Dynamo refuses to trace any instance of torch.nn.RNN/GRU/LSTM (their forward calls _VF
+# kernels it cannot see into) unless torch._dynamo.config.allow_rnn is set. fastseq's
+# subclasses are plain Python down to the custom ops, so they trace. The switch is global
+# (it also lets Dynamo try torch's own RNN modules instead of breaking the graph there), and
+# is set when Dynamo's config loads: importing torch._dynamo here would add ~1.4 s to
+# `import fastseq`.
+def _allow_rnn_in_dynamo():
+    config = sys.modules.get("torch._dynamo.config")
+    if config is not None:
+        config.allow_rnn = True
+        return
+
+    class _SetAllowRnnOnImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name != "torch._dynamo.config":
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            exec_module = spec.loader.exec_module
+
+            def exec_and_allow(module):
+                exec_module(module)
+                module.allow_rnn = True
+            spec.loader.exec_module = exec_and_allow
+            return spec
+
+    sys.meta_path.insert(0, _SetAllowRnnOnImport())
+
+
+_allow_rnn_in_dynamo()
+
+
+def _fused_dtype(t: Tensor) -> bool:
+    """dtypes the fused kernels cover: float32/float64/bfloat16 on CPU; on CUDA float16 too."""
+    if t.dtype in (torch.float32, torch.float64, torch.bfloat16):
+        return True
+    return t.dtype == torch.float16 and t.device.type == "cuda"
+
+
+class LSTM(torch.nn.LSTM):
+    """torch.nn.LSTM with a fused forward and backward through time.
+
+    Every torch.nn.LSTM feature is supported: batched / unbatched input, given or default
+    (h_0, c_0), PackedSequence in and out, bidirectional, num_layers, proj_size,
+    batch_first, bias=False and inter-layer dropout. Dropout follows torch's semantics (a
+    dropout mask on each layer's output but the last, in training) but draws its random
+    numbers differently, so with dropout > 0 in training the masks differ from torch's
+    for the same seed.
+
+    Falls back to torch.nn.LSTM's own forward (not fused) only for a dtype the kernels
+    lack: float16 on CPU.
+    """
+
+    def forward(self, input, hx=None):
+        data = input.data if isinstance(input, torch.nn.utils.rnn.PackedSequence) else input
+        if isinstance(data, Tensor):
+            require_cuda_build(data.device)
+            if data.is_floating_point() and data.dtype == self.weight_ih_l0.dtype and not _fused_dtype(data):
+                return super().forward(input, hx)
+        return run_recurrent_stack(self, input, hx, lstm_layer)
+
+
+class LSTMCell(torch.nn.LSTMCell):
+    """torch.nn.LSTMCell with one fused step (two GEMMs and one pointwise pass) and a
+    low-overhead eager path for decoder loops.
+
+    Falls back to torch.nn.LSTMCell's own forward only for float16 on CPU.
+    """
+
+    def forward(self, input: Tensor, hx=None):
+        # Checks kept cheap (this runs once per decoder step); shapes of weights and
+        # states are checked again, with names, in C++.
+        name = type(self).__name__
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
+        dim = input.dim()
+        if dim != 2 and dim != 1:
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {dim}D instead "
+                             f"(input shape {list(input.shape)})")
+        w_ih = self.weight_ih
+        if input.dtype != w_ih.dtype:
+            if not input.is_floating_point():
+                raise ValueError(f"{name}: input must be a floating-point tensor, got dtype {input.dtype}")
+            raise ValueError(f"{name}: input dtype ({input.dtype}) does not match weight dtype "
+                             f"({w_ih.dtype})")
+        if input.is_cuda:
+            require_cuda_build(input.device)
+        if not _fused_dtype(input):
+            return super().forward(input, hx)
+        if input.device != w_ih.device:
+            raise RuntimeError(f"{name}: input is on {input.device} but the weights are on {w_ih.device}")
+        if input.shape[-1] != self.input_size:
+            raise RuntimeError(f"{name}: input.size(-1) must be equal to input_size. Expected "
+                               f"{self.input_size}, got {input.shape[-1]}")
+        batched = dim == 2
+        if not batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = input.new_zeros(input.shape[0], self.hidden_size)
+            h0, c0 = zeros, zeros
+        else:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"{name}: hx must be a tuple (h_0, c_0) of tensors")
+            h0, c0 = hx
+            if h0.dim() != dim or c0.dim() != dim:
+                raise RuntimeError(f"{name}: Expected hx[0] and hx[1] to be {dim}D for "
+                                   f"{'batched' if batched else 'unbatched'} input, got "
+                                   f"{h0.dim()}D and {c0.dim()}D")
+            if not batched:
+                h0, c0 = h0.unsqueeze(0), c0.unsqueeze(0)
+            expected = (input.shape[0], self.hidden_size)
+            for i, t in enumerate((h0, c0)):
+                if t.shape != expected:
+                    raise RuntimeError(f"{name}: hx[{i}] must have shape {list(expected)} (batch, "
+                                       f"hidden_size), got {list(t.shape)}")
+        h, c = lstm_cell(input, h0, c0, w_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        if not batched:
+            h, c = h.squeeze(0), c.squeeze(0)
+        return h, c

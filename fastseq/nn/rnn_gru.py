@@ -1,0 +1,137 @@
+"""Drop-in fused GRU, RNN (tanh / relu), GRUCell and RNNCell: subclasses of the torch modules
+(same constructor, parameters, initialisation and state_dict) whose forward runs fastseq's
+fused kernels; the stack work (layers, directions, packing, dropout) is the shared driver's."""
+import torch
+from torch import Tensor
+
+from .._ext import _C, require_cuda_build
+from ..ops.gru import gru_cell, gru_layer
+from ..ops.rnn import rnn_cell, rnn_layer
+from ._recurrent import run_recurrent_stack
+
+_NONLINEARITIES = ("tanh", "relu")
+
+
+def _fused_dtype(t: Tensor) -> bool:
+    """dtypes the fused kernels cover: float32/float64/bfloat16 on CPU; on CUDA float16 too."""
+    if t.dtype in (torch.float32, torch.float64, torch.bfloat16):
+        return True
+    return t.dtype == torch.float16 and t.device.type == "cuda"
+
+
+def _torch_fallback(module, input) -> bool:
+    """True only for a dtype the kernels lack (float16 on CPU): torch's own forward runs it."""
+    data = input.data if isinstance(input, torch.nn.utils.rnn.PackedSequence) else input
+    if not isinstance(data, Tensor):
+        return False
+    require_cuda_build(data.device)
+    return data.is_floating_point() and data.dtype == module.weight_ih_l0.dtype and not _fused_dtype(data)
+
+
+class GRU(torch.nn.GRU):
+    """torch.nn.GRU with a fused forward and backward through time.
+
+    Supports everything torch.nn.GRU does: batched / unbatched input, given or default h_0,
+    PackedSequence in and out, bidirectional, num_layers, batch_first, bias=False and
+    inter-layer dropout (torch's semantics; the random masks differ from torch's for the
+    same seed). Falls back to torch.nn.GRU's own forward only for float16 on CPU.
+    """
+
+    def forward(self, input, hx=None):
+        if _torch_fallback(self, input):
+            return super().forward(input, hx)
+        return run_recurrent_stack(self, input, hx, gru_layer)
+
+
+class RNN(torch.nn.RNN):
+    """torch.nn.RNN (nonlinearity 'tanh' or 'relu') with a fused forward and backward
+    through time; same coverage and fallback as fastseq.nn.GRU."""
+
+    def forward(self, input, hx=None):
+        if self.nonlinearity not in _NONLINEARITIES:
+            raise ValueError(f"{type(self).__name__}: nonlinearity must be 'tanh' or 'relu', "
+                             f"got {self.nonlinearity!r}")
+        if _torch_fallback(self, input):
+            return super().forward(input, hx)
+        return run_recurrent_stack(self, input, hx, rnn_layer(self.nonlinearity))
+
+
+def _cell_inputs(cell, input, hx):
+    """Checks a cell's (input, hx) as torch does and returns them batched, plus whether the
+    input was batched (hx None becomes zeros), or None when torch's own forward must run it
+    (float16 on CPU). Cheap on purpose: cells run once per step from Python loops."""
+    name = type(cell).__name__
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
+    w = cell.weight_ih
+    if input.dtype != w.dtype or input.device != w.device or input.dim() not in (1, 2) \
+            or input.size(-1) != cell.input_size or not input.is_floating_point():
+        _raise_bad_cell_input(cell, input)
+    if input.is_cuda and not _C.built_with_cuda():
+        require_cuda_build(input.device)
+    if input.dtype == torch.float16 and not input.is_cuda:
+        return None
+    batched = input.dim() == 2
+    if not batched:
+        input = input.unsqueeze(0)
+    if hx is None:
+        return input, input.new_zeros(input.size(0), cell.hidden_size), batched
+    if not isinstance(hx, Tensor):
+        raise TypeError(f"{name}: hx must be a Tensor, got {type(hx).__name__}")
+    if hx.dim() != (2 if batched else 1):
+        raise RuntimeError(f"{name}: Expected hidden to be {2 if batched else 1}D for "
+                           f"{'batched' if batched else 'unbatched'} input, got {hx.dim()}D")
+    if not batched:
+        hx = hx.unsqueeze(0)
+    if hx.shape != (input.size(0), cell.hidden_size):
+        raise RuntimeError(f"{name}: hx must have shape {[input.size(0), cell.hidden_size]} "
+                           f"(batch, hidden_size), got {list(hx.shape)}")
+    if hx.dtype != input.dtype:
+        raise ValueError(f"{name}: hx dtype ({hx.dtype}) must match the input dtype ({input.dtype})")
+    if hx.device != input.device:
+        raise RuntimeError(f"{name}: hx is on {hx.device} but the input is on {input.device}")
+    return input, hx, batched
+
+
+def _raise_bad_cell_input(cell, input):
+    name, w = type(cell).__name__, cell.weight_ih
+    if input.dim() not in (1, 2):
+        raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead "
+                         f"(input shape {list(input.shape)})")
+    if not input.is_floating_point():
+        raise ValueError(f"{name}: input must be a floating-point tensor, got dtype {input.dtype}")
+    if input.dtype != w.dtype:
+        raise ValueError(f"{name}: input dtype ({input.dtype}) does not match weight dtype ({w.dtype})")
+    if input.device != w.device:
+        raise RuntimeError(f"{name}: input is on {input.device} but the weights are on {w.device}")
+    raise RuntimeError(f"{name}: input.size(-1) must be equal to input_size. Expected "
+                       f"{cell.input_size}, got {input.size(-1)}")
+
+
+class GRUCell(torch.nn.GRUCell):
+    """torch.nn.GRUCell with one fused step (two GEMMs and one pointwise pass) and a
+    low-overhead eager path for decoder loops. Falls back to torch's forward only for
+    float16 on CPU."""
+
+    def forward(self, input: Tensor, hx=None) -> Tensor:
+        checked = _cell_inputs(self, input, hx)
+        if checked is None:
+            return super().forward(input, hx)
+        input, hx, batched = checked
+        h = gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return h if batched else h.squeeze(0)
+
+
+class RNNCell(torch.nn.RNNCell):
+    """torch.nn.RNNCell (tanh or relu) with one fused step; as fastseq.nn.GRUCell."""
+
+    def forward(self, input: Tensor, hx=None) -> Tensor:
+        if self.nonlinearity not in _NONLINEARITIES:  # RuntimeError, as torch.nn.RNNCell raises
+            raise RuntimeError(f"{type(self).__name__}: nonlinearity must be 'tanh' or 'relu', "
+                               f"got {self.nonlinearity!r}")
+        checked = _cell_inputs(self, input, hx)
+        if checked is None:
+            return super().forward(input, hx)
+        input, hx, batched = checked
+        h = rnn_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity)
+        return h if batched else h.squeeze(0)

@@ -1,0 +1,27 @@
+"""Helpers shared by the fused GRU and RNN op wrappers (fastseq.ops.gru / .rnn)."""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels accumulate in: float32 for half/bfloat16, else the dtype itself."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def needs_grad(*tensors: Optional[Tensor]) -> bool:
+    """True when autograd will want a backward through these inputs (decides whether the
+    forward keeps what backward needs)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def use_custom_op() -> bool:
+    """torch.compile traces the torch.library custom ops; eager calls go straight to fastseq._C
+    through a plain autograd.Function, which costs a fraction of a custom op's dispatch (this
+    matters for cells called step by step from Python)."""
+    return torch.compiler.is_compiling()
+
+
+def zeros_if_none(grad: Optional[Tensor], like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if grad is None else grad
