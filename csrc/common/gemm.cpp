@@ -50,7 +50,10 @@ at::Tensor linear_nt(const at::Tensor& x, const at::Tensor& w,
 }
 
 at::Tensor matmul_tn(const at::Tensor& a, const at::Tensor& b) {
-  if (a.size(1) >= b.size(1)) return linear_nt(b.t(), a.t()).t().contiguous();
+  // The swap costs a transposing copy of the [M, N] result: worth it only when the sum runs
+  // over many rows (K), as in weight gradients over T*B, not for a single cell step.
+  const int64_t K = a.size(0);
+  if (K >= 256 && a.size(1) >= b.size(1)) return linear_nt(b.t(), a.t()).t().contiguous();
   return linear_nt(a.t(), b.t());
 }
 

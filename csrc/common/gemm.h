@@ -19,7 +19,7 @@ inline at::Tensor matmul(const at::Tensor& a, const at::Tensor& b) { return line
 
 // a[K, M]^T @ b[K, N] -> new contiguous [M, N] (weight gradients: sums over K = T*B rows).
 // oneDNN is ~2x faster when the wider of the two transposed operands is its "weight", so
-// the product is formed as (b^T a)^T when a is the wider one.
+// the product is formed as (b^T a)^T when a is the wider one and K is large.
 at::Tensor matmul_tn(const at::Tensor& a, const at::Tensor& b);
 
 // True when linear_nt uses oneDNN for CPU float32 (for `fastseq info` and the benchmark notes).
