@@ -10,12 +10,12 @@ PY=${PYTHON:-python3}
   nvidia-smi
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 } > "$OUT/machine.txt" 2>&1
-# Uses the machine's own torch (no network there): build in place with CUDA forced on.
-$PY -m pip install -q --no-build-isolation --no-deps -e . > "$OUT/install.log" 2>&1 || true
+# Uses the machine's own torch (no network there): build in place with CUDA forced on and
+# run everything as `python -m ...` from the source tree (no pip install needed).
 FASTSEQ_CUDA=1 MAX_JOBS=16 $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1
 echo "build rc=$?" | tee -a "$OUT/build.log"
 $PY -m fastseq.info > "$OUT/info.txt" 2>&1
-$PY -m pytest -q -x --timeout=0 tests > "$OUT/tests.log" 2>&1 || $PY -m pytest -q tests > "$OUT/tests.log" 2>&1
+$PY -m pytest -q -rs tests > "$OUT/tests.log" 2>&1
 echo "tests rc=$?" | tee -a "$OUT/tests.log"
 $PY -m fastseq bench --device cuda --suite small --out "$OUT/bench_cuda.md" > "$OUT/bench.log" 2>&1
 echo "bench rc=$?" | tee -a "$OUT/bench.log"
