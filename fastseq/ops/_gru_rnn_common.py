@@ -25,3 +25,14 @@ def use_custom_op() -> bool:
 
 def zeros_if_none(grad: Optional[Tensor], like: Tensor) -> Tensor:
     return torch.zeros_like(like) if grad is None else grad
+
+
+def fake_backward_grads(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
+                        need_input_grad: bool, need_hx_grad: bool) -> list:
+    """Shapes of [d input, d hx, d w_ih, d w_hh, d b_ih, d b_hh] for the backward ops' fake
+    kernels; d input / d hx are empty when not wanted, as the C++ backward returns them."""
+    gates = w_ih.size(0)
+    dx = input.new_empty(input.shape) if need_input_grad else input.new_empty(0)
+    dh = hx.new_empty(hx.shape) if need_hx_grad else hx.new_empty(0)
+    return [dx, dh, w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
+            w_ih.new_empty(gates), w_ih.new_empty(gates)]

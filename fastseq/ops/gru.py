@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from .._ext import _C
-from ._gru_rnn_common import accumulation_dtype, needs_grad, use_custom_op, zeros_if_none
+from ._gru_rnn_common import fake_backward_grads, accumulation_dtype, needs_grad, use_custom_op, zeros_if_none
 
 
 @torch.library.custom_op("fastseq::gru_forward", mutates_args=())
@@ -38,11 +38,7 @@ def gru_backward(grad_output: Tensor, grad_hy: Tensor, input: Tensor, hx: Tensor
 @gru_backward.register_fake
 def _(grad_output, grad_hy, input, hx, w_ih, w_hh, output, workspace, batch_sizes, reverse,
       need_input_grad, need_hx_grad):
-    G = w_ih.size(0)
-    dx = input.new_empty(input.shape) if need_input_grad else input.new_empty(0)
-    dh = hx.new_empty(hx.shape) if need_hx_grad else hx.new_empty(0)
-    return [dx, dh, w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
-            w_ih.new_empty(G), w_ih.new_empty(G)]
+    return fake_backward_grads(input, hx, w_ih, w_hh, need_input_grad, need_hx_grad)
 
 
 def _save(ctx, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, out, ws):

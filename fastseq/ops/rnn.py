@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .._ext import _C
-from ._gru_rnn_common import needs_grad, use_custom_op, zeros_if_none
+from ._gru_rnn_common import fake_backward_grads, needs_grad, use_custom_op, zeros_if_none
 
 
 @torch.library.custom_op("fastseq::rnn_forward", mutates_args=())
@@ -36,11 +36,7 @@ def rnn_backward(grad_output: Tensor, grad_hy: Tensor, input: Tensor, hx: Tensor
 @rnn_backward.register_fake
 def _(grad_output, grad_hy, input, hx, w_ih, w_hh, output, batch_sizes, reverse, nonlinearity,
       need_input_grad, need_hx_grad):
-    H = w_ih.size(0)
-    dx = input.new_empty(input.shape) if need_input_grad else input.new_empty(0)
-    dh = hx.new_empty(hx.shape) if need_hx_grad else hx.new_empty(0)
-    return [dx, dh, w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
-            w_ih.new_empty(H), w_ih.new_empty(H)]
+    return fake_backward_grads(input, hx, w_ih, w_hh, need_input_grad, need_hx_grad)
 
 
 def _save(ctx, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity, out):
