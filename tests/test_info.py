@@ -18,3 +18,16 @@ def test_python_dash_m_info():
     proc = subprocess.run([sys.executable, "-m", "fastseq.info"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "torch" in proc.stdout
+
+
+def test_missing_extension_says_how_to_build(tmp_path):
+    # A copy of the package without the compiled module must fail with build instructions,
+    # not a bare "cannot import name '_C'".
+    import shutil
+    import fastseq as pkg
+    src = pkg.__path__[0]
+    shutil.copytree(src, tmp_path / "fastseq", ignore=shutil.ignore_patterns("_C*.so", "_C*.pyd", "__pycache__"))
+    proc = subprocess.run([sys.executable, "-c", "import fastseq"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "fastseq._C is not built" in proc.stderr and "--no-build-isolation" in proc.stderr
