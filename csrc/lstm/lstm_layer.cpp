@@ -230,7 +230,7 @@ std::vector<at::Tensor> cell_backward(const Pointwise& pw, const at::Tensor& gra
                                       const at::Tensor& h, const at::Tensor& c,
                                       const at::Tensor& w_ih, const at::Tensor& w_hh,
                                       bool has_bias, const at::Tensor& gates,
-                                      const at::Tensor& c_next) {
+                                      const at::Tensor& c_next, bool need_d_input, bool need_d_h) {
   const int64_t B = input.size(0), H = c.size(1);
   at::Tensor dgates = at::empty({B, 4 * H}, input.options());
   at::Tensor dc = grad_c_next.clone(at::MemoryFormat::Contiguous);
@@ -239,9 +239,12 @@ std::vector<at::Tensor> cell_backward(const Pointwise& pw, const at::Tensor& gra
   BackwardStep step{gates.data_ptr(), c_next.data_ptr(), c_prev.data_ptr(), dh.data_ptr(),
                     nullptr, dc.data_ptr(), dgates.data_ptr(), nullptr, B, H};
   pw.backward(step, input.scalar_type());
-  at::Tensor d_bias = has_bias ? dgates.sum(0) : at::empty({0}, input.options());
-  return {matmul(dgates, w_ih), matmul(dgates, w_hh), dc, matmul_tn(dgates, input),
-          matmul_tn(dgates, h), d_bias};
+  const auto empty = [&] { return at::empty({0}, input.options()); };
+  at::Tensor d_bias = has_bias ? dgates.sum(0) : empty();
+  // The input / state GEMMs are half the work; a decoder often needs neither (e.g. the
+  // first step, or inputs that are data), so they are skipped when not wanted.
+  return {need_d_input ? matmul(dgates, w_ih) : empty(), need_d_h ? matmul(dgates, w_hh) : empty(),
+          dc, matmul_tn(dgates, input), matmul_tn(dgates, h), d_bias};
 }
 
 }  // namespace lstm
