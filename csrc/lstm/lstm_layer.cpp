@@ -4,6 +4,8 @@
 #include "lstm/lstm_layer.h"
 
 #include <ATen/ops/add.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 
@@ -244,13 +246,23 @@ std::vector<at::Tensor> cell_forward(const Pointwise& pw, const at::Tensor& inpu
                                      const at::Tensor& w_ih, const at::Tensor& w_hh,
                                      const std::optional<at::Tensor>& bias) {
   const int64_t B = input.size(0), H = c.size(1);
-  at::Tensor gates = linear_nt(input, w_ih, bias);
-  at::Tensor recurrent = linear_nt(h, w_hh);
+  // A decoder step has few rows, and oneDNN (linear_nt) re-lays out the whole weight on
+  // every call: below ~32 rows that costs more than its faster kernel saves, so ATen's
+  // addmm accumulates both products into one buffer instead.
+  constexpr int64_t kOnednnMinRows = 32;
+  at::Tensor gates, recurrent;
+  if (B < kOnednnMinRows) {
+    gates = bias ? at::addmm(*bias, input, w_ih.t()) : at::mm(input, w_ih.t());
+    gates.addmm_(h, w_hh.t());
+  } else {
+    gates = linear_nt(input, w_ih, bias);
+    recurrent = linear_nt(h, w_hh);
+  }
   at::Tensor c_prev = c.contiguous();
   at::Tensor h_next = at::empty({B, H}, input.options());
   at::Tensor c_next = at::empty({B, H}, input.options());
-  ForwardStep step{gates.data_ptr(), recurrent.data_ptr(), c_prev.data_ptr(), c_next.data_ptr(), nullptr,
-                   h_next.data_ptr(), nullptr, B, H};
+  ForwardStep step{gates.data_ptr(), recurrent.defined() ? recurrent.data_ptr() : nullptr,
+                   c_prev.data_ptr(), c_next.data_ptr(), nullptr, h_next.data_ptr(), nullptr, B, H};
   pw.forward(step, input.scalar_type());
   return {h_next, c_next, gates};
 }
