@@ -232,6 +232,23 @@ def test_float16_cpu_falls_back_to_torch():
     torch.testing.assert_close(fast(x)[0], ref(x)[0])
 
 
+@pytest.mark.parametrize("hidden", [64, 80], ids=["full_blocks", "partial_block"])
+@pytest.mark.parametrize("reverse_too", [False, True], ids=["uni", "bi"])
+def test_lstm_float32_fused_block_sizes(hidden, reverse_too):
+    """The CPU float32 fused path packs W_hh into 16- and 64-wide blocks; hidden = 64 fills
+    them exactly (no zero padding written), 80 leaves a partial one. Also covers the
+    single weight-gradient GEMM over [x_t | h_{t-1}] in both directions."""
+    kwargs = dict(input_size=24, hidden_size=hidden, bidirectional=reverse_too, num_layers=2)
+    x = torch.randn(9, 5, 24, requires_grad=True)
+    ref, fast = _pair(kwargs)
+    leaves = [x]
+    out_r, grad_r = _outputs_and_grads(ref, leaves, lambda m: m(x))
+    out_f, grad_f = _outputs_and_grads(fast, leaves, lambda m: m(x))
+    tol = dict(atol=1e-4, rtol=1e-3)  # sums over 4H = 256..320 terms in float32
+    _assert_same(out_r, out_f, tol)
+    _assert_same(grad_r, grad_f, tol)
+
+
 # ---- LSTMCell ----
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -126,7 +126,9 @@ bool cpu_fused_supported(const at::Tensor& input) {
 
 at::Tensor pack_forward_weight(const at::Tensor& w_hh) {
   const int64_t G = w_hh.size(0), P = w_hh.size(1), H = G / 4, nub = (H + W - 1) / W;
-  at::Tensor packed = at::zeros({nub, P, 4 * W}, w_hh.options());
+  // Zeros only where a last, partial block of units has padding lanes to fill.
+  at::Tensor packed = H % W ? at::zeros({nub, P, 4 * W}, w_hh.options())
+                            : at::empty({nub, P, 4 * W}, w_hh.options());
   at::Tensor w = w_hh.contiguous();
   const float* src = w.data_ptr<float>();
   float* dst = packed.data_ptr<float>();
@@ -142,7 +144,8 @@ at::Tensor pack_forward_weight(const at::Tensor& w_hh) {
 
 at::Tensor pack_backward_weight(const at::Tensor& w_hh) {
   const int64_t G = w_hh.size(0), P = w_hh.size(1), npb = (P + 4 * W - 1) / (4 * W);
-  at::Tensor packed = at::zeros({npb, G, 4 * W}, w_hh.options());
+  at::Tensor packed = P % (4 * W) ? at::zeros({npb, G, 4 * W}, w_hh.options())
+                                  : at::empty({npb, G, 4 * W}, w_hh.options());
   at::Tensor w = w_hh.contiguous();
   const float* src = w.data_ptr<float>();
   float* dst = packed.data_ptr<float>();
