@@ -46,7 +46,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_cell_backward", &fastseq::lstm_cell_backward, py::arg("grad_h_next"),
         py::arg("grad_c_next"), py::arg("input"), py::arg("h"), py::arg("c"), py::arg("w_ih"),
         py::arg("w_hh"), py::arg("has_bias"), py::arg("gates"), py::arg("c_next"),
+        py::arg("need_d_input") = true, py::arg("need_d_h") = true,
         "Backward of lstm_cell_forward -> [d_input, d_h, d_c, d_w_ih, d_w_hh, d_bias]");
+  m.def("lstm_cell", &fastseq::lstm_cell, py::arg("input"), py::arg("h"), py::arg("c"),
+        py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"),
+        "One LSTMCell step with its autograd (C++ node) -> [h_next, c_next]");
 
   // ---- gru / rnn bindings ----
   m.def("gru_forward", &fastseq::gru_forward, "fused GRU, one layer and direction over a sequence",

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, PackedSequence
 
+import fastseq
 import fastseq.nn as fnn
 from fastseq.ops import lstm as ops
 from fastseq.ops.reference import lstm_layer_reference
@@ -231,6 +232,23 @@ def test_float16_cpu_falls_back_to_torch():
     torch.testing.assert_close(fast(x)[0], ref(x)[0])
 
 
+@pytest.mark.parametrize("hidden", [64, 80], ids=["full_blocks", "partial_block"])
+@pytest.mark.parametrize("reverse_too", [False, True], ids=["uni", "bi"])
+def test_lstm_float32_fused_block_sizes(hidden, reverse_too):
+    """The CPU float32 fused path packs W_hh into 16- and 64-wide blocks; hidden = 64 fills
+    them exactly (no zero padding written), 80 leaves a partial one. Also covers the
+    single weight-gradient GEMM over [x_t | h_{t-1}] in both directions."""
+    kwargs = dict(input_size=24, hidden_size=hidden, bidirectional=reverse_too, num_layers=2)
+    x = torch.randn(9, 5, 24, requires_grad=True)
+    ref, fast = _pair(kwargs)
+    leaves = [x]
+    out_r, grad_r = _outputs_and_grads(ref, leaves, lambda m: m(x))
+    out_f, grad_f = _outputs_and_grads(fast, leaves, lambda m: m(x))
+    tol = dict(atol=1e-4, rtol=1e-3)  # sums over 4H = 256..320 terms in float32
+    _assert_same(out_r, out_f, tol)
+    _assert_same(grad_r, grad_f, tol)
+
+
 # ---- LSTMCell ----
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -261,6 +279,31 @@ def test_lstm_cell_only_h_used():
     g_r = torch.autograd.grad(ref(x)[0].sum(), list(ref.parameters()))
     g_f = torch.autograd.grad(fast(x)[0].sum(), list(fast.parameters()))
     _assert_same(g_r, g_f, TOL[torch.float64])
+
+
+@pytest.mark.parametrize("needs", [(False, False), (True, False), (False, True)])
+def test_lstm_cell_skips_unwanted_grads(needs):
+    """The C++ cell node skips the d_input / d_h GEMMs for inputs that need no gradient; the
+    gradients that are wanted must still match torch's, over two chained steps."""
+    ref = torch.nn.LSTMCell(5, 6).double()
+    fast = fnn.LSTMCell(5, 6).double()
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=needs[0])
+    h = torch.randn(3, 6, dtype=torch.float64, requires_grad=needs[1])
+    c = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    leaves = [t for t in (x, h, c) if t.requires_grad]
+
+    def two_steps(m):
+        h1, c1 = m(x, (h, c))
+        h2, c2 = m(x, (h1, c1))
+        return torch.autograd.grad((h2 * 1.5 + c2).sum(), leaves + list(m.parameters()))
+    _assert_same(two_steps(ref), two_steps(fast), TOL[torch.float64])
+
+
+def test_lstm_cell_node_gradcheck():
+    mk = lambda *s: torch.randn(*s, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    args = (mk(2, 3), mk(2, 4), mk(2, 4), mk(16, 3), mk(16, 4), mk(16), None)
+    assert torch.autograd.gradcheck(lambda *a: fastseq._C.lstm_cell(*a), args)
 
 
 # ---- the ops: gradcheck, opcheck, reference ----

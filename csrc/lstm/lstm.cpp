@@ -180,7 +180,8 @@ std::vector<at::Tensor> lstm_cell_forward(const at::Tensor& input, const at::Ten
 std::vector<at::Tensor> lstm_cell_backward(
     const std::optional<at::Tensor>& grad_h_next, const std::optional<at::Tensor>& grad_c_next,
     const at::Tensor& input, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, bool has_bias, const at::Tensor& gates, const at::Tensor& c_next) {
+    const at::Tensor& w_hh, bool has_bias, const at::Tensor& gates, const at::Tensor& c_next,
+    bool need_d_input, bool need_d_h) {
   const char* op = "lstm_cell_backward";
   check_device_supported(input, op, "input");
   check_dim(input, op, "input", 2);
@@ -197,7 +198,7 @@ std::vector<at::Tensor> lstm_cell_backward(
   at::Tensor g_h = grad_or_zeros(grad_h_next, {B, H}, input, op, "grad_h_next");
   at::Tensor g_c = grad_or_zeros(grad_c_next, {B, H}, input, op, "grad_c_next");
   return lstm::cell_backward(pointwise_for(input), g_h, g_c, input, h, c, w_ih, w_hh, has_bias,
-                             gates.contiguous(), c_next.contiguous());
+                             gates.contiguous(), c_next.contiguous(), need_d_input, need_d_h);
 }
 
 }  // namespace fastseq

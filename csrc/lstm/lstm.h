@@ -43,10 +43,18 @@ std::vector<at::Tensor> lstm_cell_forward(const at::Tensor& input, const at::Ten
                                           const std::optional<at::Tensor>& b_ih,
                                           const std::optional<at::Tensor>& b_hh);
 
-// Returns {d_input, d_h, d_c, d_w_ih, d_w_hh, d_bias (empty when has_bias is false)}.
+// Returns {d_input, d_h, d_c, d_w_ih, d_w_hh, d_bias (empty when has_bias is false)};
+// need_d_input / need_d_h = false skip those GEMMs and return them empty.
 std::vector<at::Tensor> lstm_cell_backward(
     const std::optional<at::Tensor>& grad_h_next, const std::optional<at::Tensor>& grad_c_next,
     const at::Tensor& input, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, bool has_bias, const at::Tensor& gates, const at::Tensor& c_next);
+    const at::Tensor& w_hh, bool has_bias, const at::Tensor& gates, const at::Tensor& c_next,
+    bool need_d_input = true, bool need_d_h = true);
+
+// lstm_cell_forward with its autograd as a C++ node (eager decoder loops): {h', c'}.
+std::vector<at::Tensor> lstm_cell(const at::Tensor& input, const at::Tensor& h, const at::Tensor& c,
+                                  const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                  const std::optional<at::Tensor>& b_ih,
+                                  const std::optional<at::Tensor>& b_hh);
 
 }  // namespace fastseq

@@ -93,18 +93,24 @@ void backward_block(const float* dgates, int64_t H, float* dh, int64_t P, const 
   }
 }
 
-// Runs fn(r0, R, block) over row blocks of <= kMaxRows and `blocks` column blocks, split
-// over threads by column block (rows are few in an RNN step).
+// Runs fn(r0, R, block) over row blocks of <= kMaxRows and `blocks` column blocks. Threads
+// split the (column block, row block) pairs in column-major order, so each mostly keeps its
+// own weight panels; splitting rows too keeps both threads busy when the panels are fewer
+// than the threads (e.g. dh = dG W_hh with P = 64: a single panel).
 template <class Fn>
 void for_blocks(int64_t rows, int64_t blocks, int64_t macs_per_block_row, Fn fn) {
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, macs_per_block_row * rows));
+  if (rows <= 0) return;
   // Balanced row blocks (8 rows -> 4 + 4, not 6 + 2): every block then reuses each loaded
   // weight vector about equally often.
-  const int64_t nrb = (rows + kMaxRows - 1) / kMaxRows;
-  const int64_t per = nrb ? (rows + nrb - 1) / nrb : 0;
-  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
-      for (int64_t r0 = 0; r0 < rows; r0 += per) fn(r0, std::min<int64_t>(per, rows - r0), b);
+  const int64_t per = (rows + (rows + kMaxRows - 1) / kMaxRows - 1) / ((rows + kMaxRows - 1) / kMaxRows);
+  const int64_t nrb = (rows + per - 1) / per;
+  // At least ~64K multiply-adds per task chunk: a parallel region costs a few microseconds.
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, macs_per_block_row * per));
+  at::parallel_for(0, blocks * nrb, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / nrb, r0 = (t % nrb) * per;
+      fn(r0, std::min<int64_t>(per, rows - r0), b);
+    }
   });
 }
 
@@ -126,7 +132,9 @@ bool cpu_fused_supported(const at::Tensor& input) {
 
 at::Tensor pack_forward_weight(const at::Tensor& w_hh) {
   const int64_t G = w_hh.size(0), P = w_hh.size(1), H = G / 4, nub = (H + W - 1) / W;
-  at::Tensor packed = at::zeros({nub, P, 4 * W}, w_hh.options());
+  // Zeros only where a last, partial block of units has padding lanes to fill.
+  at::Tensor packed = H % W ? at::zeros({nub, P, 4 * W}, w_hh.options())
+                            : at::empty({nub, P, 4 * W}, w_hh.options());
   at::Tensor w = w_hh.contiguous();
   const float* src = w.data_ptr<float>();
   float* dst = packed.data_ptr<float>();
@@ -142,7 +150,8 @@ at::Tensor pack_forward_weight(const at::Tensor& w_hh) {
 
 at::Tensor pack_backward_weight(const at::Tensor& w_hh) {
   const int64_t G = w_hh.size(0), P = w_hh.size(1), npb = (P + 4 * W - 1) / (4 * W);
-  at::Tensor packed = at::zeros({npb, G, 4 * W}, w_hh.options());
+  at::Tensor packed = P % (4 * W) ? at::zeros({npb, G, 4 * W}, w_hh.options())
+                                  : at::empty({npb, G, 4 * W}, w_hh.options());
   at::Tensor w = w_hh.contiguous();
   const float* src = w.data_ptr<float>();
   float* dst = packed.data_ptr<float>();

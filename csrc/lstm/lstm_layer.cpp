@@ -4,6 +4,8 @@
 #include "lstm/lstm_layer.h"
 
 #include <ATen/ops/add.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 
@@ -24,6 +26,33 @@ inline int64_t active_rows(const int64_t* batch_sizes, int64_t t, int64_t batch)
 template <class T = void>
 inline T* row_ptr(const at::Tensor& t, int64_t offset_elems) {
   return static_cast<T*>(static_cast<char*>(t.data_ptr()) + offset_elems * t.element_size());
+}
+
+// dW_hh = sum_t dG[t]^T h_prev[t] for packed sequences. h_prev is the previous step's output
+// for every active row except at a row's first step, where it is h0: one GEMM over the
+// shifted outputs (rows newly active in a reverse packed pass meet zeros there) plus one
+// with h0.
+at::Tensor packed_d_w_hh(const at::Tensor& dgates, const at::Tensor& output, const at::Tensor& h0,
+                         const int64_t* batch_sizes, bool reverse) {
+  const int64_t T = dgates.size(0), B = dgates.size(1), G = dgates.size(2), P = output.size(2);
+  at::Tensor d_w_hh;
+  if (T > 1) {
+    at::Tensor dg_shift = reverse ? dgates.narrow(0, 0, T - 1) : dgates.narrow(0, 1, T - 1);
+    at::Tensor out_shift = reverse ? output.narrow(0, 1, T - 1) : output.narrow(0, 0, T - 1);
+    d_w_hh = matmul_tn(dg_shift.reshape({(T - 1) * B, G}), out_shift.reshape({(T - 1) * B, P}));
+  }
+  at::Tensor dg_first;
+  if (!reverse) {
+    dg_first = dgates.select(0, 0);
+  } else {
+    dg_first = at::empty({B, G}, dgates.options());
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const int64_t lo = t + 1 < T ? batch_sizes[t + 1] : 0, hi = batch_sizes[t];
+      if (hi > lo) dg_first.narrow(0, lo, hi - lo).copy_(dgates.select(0, t).narrow(0, lo, hi - lo));
+    }
+  }
+  at::Tensor d_w_hh_first = matmul_tn(dg_first, h0);
+  return d_w_hh.defined() ? d_w_hh.add_(d_w_hh_first) : d_w_hh_first;
 }
 
 }  // namespace
@@ -177,31 +206,34 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
   at::Tensor dgates2d = dgates.view({T * B, G});
   at::Tensor x2d = input.contiguous().view({T * B, I});
   at::Tensor d_input = need_d_input ? matmul(dgates2d, w_ih).view({T, B, I}) : at::empty({0}, opts);
-  at::Tensor d_w_ih = matmul_tn(dgates2d, x2d);
-
-  // dW_hh = sum_t dG[t]^T h_prev[t]. h_prev is the previous step's output for every active
-  // row except at a row's first step, where it is h0: one GEMM over the shifted outputs
-  // (rows newly active in a reverse packed pass meet zeros there) plus one with h0.
-  at::Tensor d_w_hh;
-  if (T > 1) {
-    at::Tensor dg_shift = reverse ? dgates.narrow(0, 0, T - 1) : dgates.narrow(0, 1, T - 1);
-    at::Tensor out_shift = reverse ? output.narrow(0, 1, T - 1) : output.narrow(0, 0, T - 1);
-    d_w_hh = matmul_tn(dg_shift.reshape({(T - 1) * B, G}), out_shift.reshape({(T - 1) * B, P}));
-  }
-  at::Tensor dg_first;
-  if (!reverse) {
-    dg_first = dgates.select(0, 0);
-  } else if (!batch_sizes) {
-    dg_first = dgates.select(0, T - 1);
+  at::Tensor d_w_ih, d_w_hh;
+  if (batch_sizes) {
+    d_w_ih = matmul_tn(dgates2d, x2d);
+    d_w_hh = packed_d_w_hh(dgates, output, h0, batch_sizes, reverse);
   } else {
-    dg_first = at::empty({B, G}, opts);
-    for (int64_t t = T - 1; t >= 0; --t) {
-      const int64_t lo = t + 1 < T ? batch_sizes[t + 1] : 0, hi = batch_sizes[t];
-      if (hi > lo) dg_first.narrow(0, lo, hi - lo).copy_(dgates.select(0, t).narrow(0, lo, hi - lo));
+    // Full-length sequences: [x_t | h_{t-1}] side by side, so that one GEMM gives both
+    // weight gradients and the large dG operand is prepared (reordered) and streamed once.
+    at::Tensor xh = at::empty({T, B, I + P}, opts);
+    xh.narrow(2, 0, I).copy_(input);
+    at::Tensor h_prev = xh.narrow(2, I, P);
+    h_prev.select(0, reverse ? T - 1 : 0).copy_(h0);
+    if (T > 1) {
+      if (reverse) h_prev.narrow(0, 0, T - 1).copy_(output.narrow(0, 1, T - 1));
+      else h_prev.narrow(0, 1, T - 1).copy_(output.narrow(0, 0, T - 1));
+    }
+    // matmul_tn's orientation rule, without its transposing copy of the whole result:
+    // each weight gradient is copied out of it once.
+    at::Tensor xh2d = xh.view({T * B, I + P});
+    if (T * B >= 256 && G >= I + P) {
+      at::Tensor dw_t = linear_nt(xh2d.t(), dgates2d.t());  // [I + P, 4H]
+      d_w_ih = dw_t.narrow(0, 0, I).t().contiguous();
+      d_w_hh = dw_t.narrow(0, I, P).t().contiguous();
+    } else {
+      at::Tensor dw = linear_nt(dgates2d.t(), xh2d.t());  // [4H, I + P]
+      d_w_ih = dw.narrow(1, 0, I).contiguous();
+      d_w_hh = dw.narrow(1, I, P).contiguous();
     }
   }
-  at::Tensor d_w_hh_first = matmul_tn(dg_first, h0);
-  d_w_hh = d_w_hh.defined() ? d_w_hh.add_(d_w_hh_first) : d_w_hh_first;
 
   at::Tensor d_bias = has_bias ? dgates2d.sum(0) : at::empty({0}, opts);
   at::Tensor d_w_hr = proj ? matmul_tn(dh_proj.view({T * B, P}), h_pre_all.view({T * B, H}))
@@ -214,13 +246,23 @@ std::vector<at::Tensor> cell_forward(const Pointwise& pw, const at::Tensor& inpu
                                      const at::Tensor& w_ih, const at::Tensor& w_hh,
                                      const std::optional<at::Tensor>& bias) {
   const int64_t B = input.size(0), H = c.size(1);
-  at::Tensor gates = linear_nt(input, w_ih, bias);
-  at::Tensor recurrent = linear_nt(h, w_hh);
+  // A decoder step has few rows, and oneDNN (linear_nt) re-lays out the whole weight on
+  // every call: below ~32 rows that costs more than its faster kernel saves, so ATen's
+  // addmm accumulates both products into one buffer instead.
+  constexpr int64_t kOnednnMinRows = 32;
+  at::Tensor gates, recurrent;
+  if (B < kOnednnMinRows) {
+    gates = bias ? at::addmm(*bias, input, w_ih.t()) : at::mm(input, w_ih.t());
+    gates.addmm_(h, w_hh.t());
+  } else {
+    gates = linear_nt(input, w_ih, bias);
+    recurrent = linear_nt(h, w_hh);
+  }
   at::Tensor c_prev = c.contiguous();
   at::Tensor h_next = at::empty({B, H}, input.options());
   at::Tensor c_next = at::empty({B, H}, input.options());
-  ForwardStep step{gates.data_ptr(), recurrent.data_ptr(), c_prev.data_ptr(), c_next.data_ptr(), nullptr,
-                   h_next.data_ptr(), nullptr, B, H};
+  ForwardStep step{gates.data_ptr(), recurrent.defined() ? recurrent.data_ptr() : nullptr,
+                   c_prev.data_ptr(), c_next.data_ptr(), nullptr, h_next.data_ptr(), nullptr, B, H};
   pw.forward(step, input.scalar_type());
   return {h_next, c_next, gates};
 }
@@ -230,7 +272,7 @@ std::vector<at::Tensor> cell_backward(const Pointwise& pw, const at::Tensor& gra
                                       const at::Tensor& h, const at::Tensor& c,
                                       const at::Tensor& w_ih, const at::Tensor& w_hh,
                                       bool has_bias, const at::Tensor& gates,
-                                      const at::Tensor& c_next) {
+                                      const at::Tensor& c_next, bool need_d_input, bool need_d_h) {
   const int64_t B = input.size(0), H = c.size(1);
   at::Tensor dgates = at::empty({B, 4 * H}, input.options());
   at::Tensor dc = grad_c_next.clone(at::MemoryFormat::Contiguous);
@@ -239,9 +281,12 @@ std::vector<at::Tensor> cell_backward(const Pointwise& pw, const at::Tensor& gra
   BackwardStep step{gates.data_ptr(), c_next.data_ptr(), c_prev.data_ptr(), dh.data_ptr(),
                     nullptr, dc.data_ptr(), dgates.data_ptr(), nullptr, B, H};
   pw.backward(step, input.scalar_type());
-  at::Tensor d_bias = has_bias ? dgates.sum(0) : at::empty({0}, input.options());
-  return {matmul(dgates, w_ih), matmul(dgates, w_hh), dc, matmul_tn(dgates, input),
-          matmul_tn(dgates, h), d_bias};
+  const auto empty = [&] { return at::empty({0}, input.options()); };
+  at::Tensor d_bias = has_bias ? dgates.sum(0) : empty();
+  // The input / state GEMMs are half the work; a decoder often needs neither (e.g. the
+  // first step, or inputs that are data), so they are skipped when not wanted.
+  return {need_d_input ? matmul(dgates, w_ih) : empty(), need_d_h ? matmul(dgates, w_hh) : empty(),
+          dc, matmul_tn(dgates, input), matmul_tn(dgates, h), d_bias};
 }
 
 }  // namespace lstm

@@ -53,7 +53,7 @@ std::vector<at::Tensor> cell_backward(const Pointwise& pw, const at::Tensor& gra
                                       const at::Tensor& h, const at::Tensor& c,
                                       const at::Tensor& w_ih, const at::Tensor& w_hh,
                                       bool has_bias, const at::Tensor& gates,
-                                      const at::Tensor& c_next);
+                                      const at::Tensor& c_next, bool need_d_input, bool need_d_h);
 
 }  // namespace lstm
 }  // namespace fastseq

@@ -43,9 +43,12 @@ def _allow_rnn_in_dynamo():
 _allow_rnn_in_dynamo()
 
 
+_CPU_FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+
+
 def _fused_dtype(t: Tensor) -> bool:
     """dtypes the fused kernels cover: float32/float64/bfloat16 on CPU; on CUDA float16 too."""
-    if t.dtype in (torch.float32, torch.float64, torch.bfloat16):
+    if t.dtype in _CPU_FUSED_DTYPES:
         return True
     return t.dtype == torch.float16 and t.device.type == "cuda"
 
@@ -81,8 +84,22 @@ class LSTMCell(torch.nn.LSTMCell):
     """
 
     def forward(self, input: Tensor, hx=None):
-        # Checks kept cheap (this runs once per decoder step); shapes of weights and
-        # states are checked again, with names, in C++.
+        # This runs once per decoder step: the common case (batched, matching dtype and
+        # device, given (h, c) of the right shape) costs a handful of attribute reads; any
+        # miss goes to _prepare_and_run, which reports what is wrong, or normalises the
+        # input (unbatched, hx None or a list, other dtypes and devices) and runs it.
+        w_ih = self.weight_ih
+        if (type(input) is Tensor and type(hx) is tuple and len(hx) == 2 and input.dim() == 2
+                and input.dtype == w_ih.dtype and input.device == w_ih.device
+                and not input.is_cuda and input.dtype in _CPU_FUSED_DTYPES
+                and input.shape[1] == self.input_size):
+            h0, c0 = hx
+            size = (input.shape[0], self.hidden_size)
+            if (type(h0) is Tensor and type(c0) is Tensor and h0.shape == size and c0.shape == size):
+                return lstm_cell(input, h0, c0, w_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return self._prepare_and_run(input, hx)
+
+    def _prepare_and_run(self, input, hx):
         name = type(self).__name__
         if not isinstance(input, Tensor):
             raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
