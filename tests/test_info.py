@@ -1,4 +1,5 @@
 """`fastseq info` and the CLI entry point work and report the build."""
+import os
 import subprocess
 import sys
 
@@ -27,7 +28,12 @@ def test_missing_extension_says_how_to_build(tmp_path):
     import fastseq as pkg
     src = pkg.__path__[0]
     shutil.copytree(src, tmp_path / "fastseq", ignore=shutil.ignore_patterns("_C*.so", "_C*.pyd", "__pycache__"))
-    proc = subprocess.run([sys.executable, "-c", "import fastseq"], cwd=tmp_path,
+    # -S skips .pth files, so an editable install's import hook cannot redirect `fastseq`
+    # to the built tree; torch's site-packages is appended by hand.
+    import torch
+    site_packages = os.path.dirname(os.path.dirname(torch.__file__))
+    code = "import sys; sys.path.append(sys.argv[1]); import fastseq"
+    proc = subprocess.run([sys.executable, "-S", "-c", code, site_packages], cwd=tmp_path,
                           capture_output=True, text=True)
     assert proc.returncode != 0
     assert "fastseq._C is not built" in proc.stderr and "--no-build-isolation" in proc.stderr
