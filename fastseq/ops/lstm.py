@@ -70,13 +70,19 @@ def _layer_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(gates, cells)
 
 
-def _layer_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cells):
+def _layer_grads(ctx, backward_op, grad_output, grad_h_n, grad_c_n):
+    """The layer's gradients from what _layer_setup_context saved; backward_op is the custom
+    op (compiled path) or fastseq._C's function (eager path), which compute the same."""
     input, h0, c0, w_ih, w_hh, w_hr, batch_sizes, out, gates, cells = ctx.saved_tensors
-    d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, d_w_hr = lstm_layer_backward(
+    d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, d_w_hr = backward_op(
         grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, w_hr, batch_sizes,
         ctx.reverse, ctx.has_b_ih or ctx.has_b_hh, out, gates, cells, ctx.needs_input_grad[0])
     return (d_input if ctx.needs_input_grad[0] else None, d_h0, d_c0, d_w_ih, d_w_hh, d_bias if ctx.has_b_ih else None,
             d_bias if ctx.has_b_hh else None, d_w_hr if w_hr is not None else None, None, None)
+
+
+def _layer_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cells):
+    return _layer_grads(ctx, lstm_layer_backward, grad_output, grad_h_n, grad_c_n)
 
 
 lstm_layer_forward.register_autograd(_layer_backward, setup_context=_layer_setup_context)
@@ -99,12 +105,7 @@ class _LSTMLayerFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cells):
-        input, h0, c0, w_ih, w_hh, w_hr, batch_sizes, out, gates, cells = ctx.saved_tensors
-        d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, d_w_hr = _C.lstm_layer_backward(
-            grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, w_hr, batch_sizes,
-            ctx.reverse, ctx.has_b_ih or ctx.has_b_hh, out, gates, cells, ctx.needs_input_grad[0])
-        return (d_input if ctx.needs_input_grad[0] else None, d_h0, d_c0, d_w_ih, d_w_hh, d_bias if ctx.has_b_ih else None,
-                d_bias if ctx.has_b_hh else None, d_w_hr if w_hr is not None else None, None, None)
+        return _layer_grads(ctx, _C.lstm_layer_backward, grad_output, grad_h_n, grad_c_n)
 
 
 def lstm_layer(x: Tensor, state: Tuple[Tensor, Tensor], weights: tuple,
