@@ -48,11 +48,8 @@ def run(args):
     print(f"suite: {args.suite}, {len(cases)} cases; ratio = torch time / fastseq time "
           f"(median of {args.repeats} interleaved samples)", flush=True)
     results = []
-    try:
-        from tqdm import tqdm
-        progress = tqdm(cases, desc="bench", unit="case", file=sys.stderr, leave=False)
-    except ImportError:  # tqdm is a dependency; keep the bench usable without it anyway
-        progress = cases
+    from tqdm import tqdm
+    progress = tqdm(cases, desc="bench", unit="case", file=sys.stderr, leave=False)
     for case in progress:
         results.append(run_case(case, device, repeats=args.repeats))
     table, summary = format_table(results), format_summary(results)
