@@ -30,7 +30,8 @@ void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   check_shape(k, kOp, "key", {B, -1, -1, E});
   const int64_t Hk = k.size(1), S = k.size(2);
   check_shape(v, kOp, "value", {B, Hk, S, -1});
-  TORCH_CHECK(Hk > 0 && Hq % Hk == 0, kOp, ": query's head count (", Hq,
+  // Zero heads on both sides is an empty problem (torch returns an empty output).
+  TORCH_CHECK((Hk > 0 && Hq % Hk == 0) || (Hq == 0 && Hk == 0), kOp, ": query's head count (", Hq,
               ") must be a multiple of key's (", Hk, ")");
   (void)L;
 }

@@ -74,13 +74,17 @@ FASTSEQ_HOST_DEVICE acc_t softmax_shift(acc_t m) {
 // Log-sum-exp saved for the backward pass. A fully masked row (sum 0) gets +inf, so that the
 // backward's exp(score - lse) is 0 for every key: output 0 and zero gradients, as torch's
 // CPU scaled_dot_product_attention gives for such rows.
+// A NaN sum (a NaN score in the row) stays NaN in both, so it reaches the output and the
+// gradients as in torch, instead of reading as a fully masked row.
 template <typename acc_t>
 FASTSEQ_HOST_DEVICE acc_t row_logsumexp(acc_t m, acc_t sum) {
+  if (sum != sum) return sum;
   return sum > acc_t(0) ? m + acc_log(sum) : -neg_inf(m);
 }
 
 template <typename acc_t>
 FASTSEQ_HOST_DEVICE acc_t inverse_row_sum(acc_t sum) {
+  if (sum != sum) return sum;
   return sum > acc_t(0) ? acc_t(1) / sum : acc_t(0);
 }
 

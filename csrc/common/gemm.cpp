@@ -2,6 +2,7 @@
 #include "common/gemm.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/mm.h>
 #include <c10/core/Scalar.h>
@@ -37,16 +38,35 @@ constexpr int64_t kOnednnMinMacs = int64_t(1) << 20;
 
 bool onednn_gemm_available() { return onednn_linear() != nullptr; }
 
+// The kernels write GEMM results through raw pointers of their input dtype, so a product
+// must come back in that dtype and shape: under torch.autocast the dispatcher would retype
+// mm/addmm to bfloat16 or float16 (heap corruption once a float kernel writes into it).
+// Autocast is excluded here, and the result checked, whatever reaches the dispatcher.
+static at::Tensor checked_product(at::Tensor out, const at::Tensor& x, int64_t M, int64_t N) {
+  TORCH_CHECK(out.scalar_type() == x.scalar_type() && out.dim() == 2 && out.size(0) == M &&
+                  out.size(1) == N,
+              "fastseq internal GEMM: expected a [", M, ", ", N, "] ", x.scalar_type(),
+              " result, got ", out.sizes(), " ", out.scalar_type());
+  return out;
+}
+
 at::Tensor linear_nt(const at::Tensor& x, const at::Tensor& w,
                      const std::optional<at::Tensor>& bias) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  TORCH_CHECK(w.size(1) == K && w.scalar_type() == x.scalar_type() &&
+                  (!bias || bias->scalar_type() == x.scalar_type()),
+              "fastseq internal GEMM: operands [", M, ", ", K, "] ", x.scalar_type(), " and [",
+              N, ", ", w.size(1), "] ", w.scalar_type(), " do not match");
   if (x.is_cpu() && x.scalar_type() == at::kFloat && M > 0 && N > 0 && K > 0 &&
       M * N * K >= kOnednnMinMacs) {
     if (const auto* op = onednn_linear()) {
-      return op->call(x, w, bias, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
+      return checked_product(
+          op->call(x, w, bias, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt), x,
+          M, N);
     }
   }
-  return bias ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
+  return checked_product(bias ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t()), x, M, N);
 }
 
 at::Tensor matmul_tn(const at::Tensor& a, const at::Tensor& b) {

@@ -16,13 +16,6 @@ def needs_grad(*tensors: Optional[Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def use_custom_op() -> bool:
-    """torch.compile traces the torch.library custom ops; eager calls go straight to fastseq._C
-    through a plain autograd.Function, which costs a fraction of a custom op's dispatch (this
-    matters for cells called step by step from Python)."""
-    return torch.compiler.is_compiling()
-
-
 def zeros_if_none(grad: Optional[Tensor], like: Tensor) -> Tensor:
     return torch.zeros_like(like) if grad is None else grad
 

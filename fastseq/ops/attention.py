@@ -8,6 +8,10 @@ import torch
 from torch import Tensor
 
 from .._ext import _C
+from ._autocast import autocast_as, register_custom_op_autocast
+from ._double_backward import create_graph_requested, recomputed_grads
+from ._route import use_custom_op
+from .reference_attention import attention_reference
 
 # ---------------------------------------------------------------------------------------
 # Custom ops over 4-D problems: query [B, Hq, L, E], key [B, Hk, S, E], value [B, Hk, S, Ev],
@@ -99,9 +103,29 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(query, key, value, out, lse, seed, attn_mask, weights)
 
 
+def _recomputed_grads(ctx, query, key, value, attn_mask, grad_out, grad_weights, n_args):
+    """Double backward: the attention recomputed in torch ops and differentiated by autograd;
+    the dropout mask of the fused kernels has no torch-op equivalent."""
+    dropout_p, is_causal, scale = ctx.args[:3]
+    if dropout_p > 0.0:
+        raise RuntimeError("fastseq scaled_dot_product_attention: double backward "
+                           "(create_graph=True) is not supported with dropout_p > 0; use "
+                           "dropout_p=0.0 for gradient penalties or higher-order gradients")
+    with_weights = grad_weights is not None
+
+    def forward(q, k, v, m):
+        result = attention_reference(q, k, v, m, is_causal, scale, with_weights)
+        return result if with_weights else (result,)
+    grads = recomputed_grads(forward, (query, key, value, attn_mask), ctx.needs_input_grad[:4],
+                             (grad_out, grad_weights) if with_weights else (grad_out,))
+    return grads + (None,) * (n_args - 4)
+
+
 def _backward(ctx, grad_out, grad_weights=None):
     query, key, value, out, lse, seed, attn_mask, weights = ctx.saved_tensors
     dropout_p, is_causal, scale = ctx.args
+    if create_graph_requested():
+        return _recomputed_grads(ctx, query, key, value, attn_mask, grad_out, grad_weights, 7)
     if grad_out is None:
         grad_out = torch.zeros_like(out)
     dq, dk, dv, dmask = attention_backward(
@@ -121,6 +145,8 @@ def _backward_with_weights(ctx, grad_out, grad_lse, grad_seed, grad_weights):
 attention_forward.register_autograd(_backward_plain, setup_context=_setup_context)
 attention_forward_with_weights.register_autograd(_backward_with_weights,
                                                  setup_context=_setup_context)
+register_custom_op_autocast("fastseq::attention_forward", "attention")
+register_custom_op_autocast("fastseq::attention_forward_with_weights", "attention")
 
 
 def _eager_seed(dropout_p: float) -> int:
@@ -148,6 +174,8 @@ class _EagerAttention(torch.autograd.Function):
     def backward(ctx, grad_out, grad_weights=None):
         query, key, value, out, lse, attn_mask, weights = ctx.saved_tensors
         dropout_p, is_causal, scale, seed, with_weights = ctx.args
+        if create_graph_requested():
+            return _recomputed_grads(ctx, query, key, value, attn_mask, grad_out, grad_weights, 8)
         mask_grad = bool(attn_mask is not None and attn_mask.is_floating_point()
                          and ctx.needs_input_grad[3])
         if grad_out is None:
@@ -160,7 +188,7 @@ class _EagerAttention(torch.autograd.Function):
 
 def _attention(q4, k4, v4, m4, dropout_p, is_causal, scale, with_weights):
     """Eager: the autograd.Function; under torch.compile: the custom ops (traceable)."""
-    if torch.compiler.is_compiling():
+    if use_custom_op(q4):
         if with_weights:
             out, _, _, weights = attention_forward_with_weights(q4, k4, v4, m4, dropout_p,
                                                                 is_causal, scale)
@@ -281,10 +309,20 @@ def _prepare(query, key, value, attn_mask, is_causal, scale, enable_gqa):
 
 
 def _check_dropout(dropout_p):
-    if not 0.0 <= dropout_p < 1.0:
-        raise AttentionArgumentError(f"{_NAME}: dropout_p must be in [0, 1), got {dropout_p}")
+    if not 0.0 <= dropout_p <= 1.0:
+        raise AttentionArgumentError(f"{_NAME}: dropout_p must be in [0, 1], got {dropout_p}")
 
 
+def _run(q4, k4, v4, m4, dropout_p, is_causal, scale, with_weights):
+    """dropout_p = 1 drops every weight: zeros, as torch gives (kept differentiable, and NaN
+    or inf in the inputs still shows, through the product with 0)."""
+    if dropout_p == 1.0:
+        result = _attention(q4, k4, v4, m4, 0.0, is_causal, scale, with_weights)
+        return tuple(r * 0.0 for r in result) if with_weights else result * 0.0
+    return _attention(q4, k4, v4, m4, dropout_p, is_causal, scale, with_weights)
+
+
+@autocast_as("attention")
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                                  scale=None, enable_gqa=False):
     """Fused drop-in for torch.nn.functional.scaled_dot_product_attention.
@@ -303,14 +341,18 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     It runs on the same fused kernels (no slower path).
 
     float32, float64, bfloat16 and float16 (float32 accumulation for the latter two).
+    Under torch.autocast it computes in the autocast dtype, as torch's does. Double backward
+    (create_graph=True) recomputes the attention in torch ops and differentiates that
+    (correct, not fused; not available with dropout_p > 0).
     """
     _check_dropout(dropout_p)
     q4, k4, v4, m4, scale, lead, (L, Ev, S) = _prepare(query, key, value, attn_mask, is_causal,
                                                         scale, enable_gqa)
-    out = _attention(q4, k4, v4, m4, float(dropout_p), bool(is_causal), scale, False)
+    out = _run(q4, k4, v4, m4, float(dropout_p), bool(is_causal), scale, False)
     return out.reshape(lead + (L, Ev))
 
 
+@autocast_as("attention")
 def scaled_dot_product_attention_with_weights(query, key, value, attn_mask=None, dropout_p=0.0,
                                               is_causal=False, scale=None, enable_gqa=False):
     """scaled_dot_product_attention that also returns the attention weights.
@@ -323,5 +365,5 @@ def scaled_dot_product_attention_with_weights(query, key, value, attn_mask=None,
     _check_dropout(dropout_p)
     q4, k4, v4, m4, scale, lead, (L, Ev, S) = _prepare(query, key, value, attn_mask, is_causal,
                                                         scale, enable_gqa)
-    out, weights = _attention(q4, k4, v4, m4, float(dropout_p), bool(is_causal), scale, True)
+    out, weights = _run(q4, k4, v4, m4, float(dropout_p), bool(is_causal), scale, True)
     return out.reshape(lead + (L, Ev)), weights.reshape(lead + (L, S))

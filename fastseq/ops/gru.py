@@ -7,7 +7,11 @@ import torch
 from torch import Tensor
 
 from .._ext import _C
-from ._gru_rnn_common import fake_backward_grads, accumulation_dtype, needs_grad, use_custom_op, zeros_if_none
+from ._autocast import autocast_as, register_custom_op_autocast
+from ._double_backward import create_graph_requested, recomputed_grads
+from ._route import use_custom_op
+from .reference_gru_rnn import gru_layer_reference
+from ._gru_rnn_common import fake_backward_grads, accumulation_dtype, needs_grad, zeros_if_none
 
 
 @torch.library.custom_op("fastseq::gru_forward", mutates_args=())
@@ -42,7 +46,8 @@ def _(grad_output, grad_hy, input, hx, w_ih, w_hh, output, workspace, batch_size
 
 
 def _save(ctx, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, out, ws):
-    ctx.save_for_backward(input, hx, w_ih, w_hh, out, ws, batch_sizes)
+    # The biases only serve a double backward's recomputation (references, no copies).
+    ctx.save_for_backward(input, hx, w_ih, w_hh, out, ws, batch_sizes, b_ih, b_hh)
     ctx.reverse = reverse
     ctx.has_bias = (b_ih is not None, b_hh is not None)
 
@@ -54,7 +59,10 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, grad_hy, backward_fn):
     """Gradients of (input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)."""
-    input, hx, w_ih, w_hh, out, ws, batch_sizes = ctx.saved_tensors
+    input, hx, w_ih, w_hh, out, ws, batch_sizes, b_ih, b_hh = ctx.saved_tensors
+    if create_graph_requested():
+        return recomputed_grads(_layer_reference, (input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, ctx.reverse),
+                                ctx.needs_input_grad, (grad_out, grad_hy))
     if ws.numel() == 0 and out.numel() != 0:
         raise RuntimeError("fastseq gru: backward needs the workspace of a forward run with "
                            "need_workspace=True (the forward ran without grad)")
@@ -65,11 +73,17 @@ def _backward(ctx, grad_out, grad_hy, backward_fn):
             db_ih if ctx.has_bias[0] else None, db_hh if ctx.has_bias[1] else None, None, None)
 
 
+def _layer_reference(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse):
+    out, (h_n,) = gru_layer_reference(input, (hx,), (w_ih, w_hh, b_ih, b_hh), batch_sizes, reverse)
+    return out, h_n
+
+
 def _op_backward(ctx, grad_out, grad_hy, _grad_ws):
     return _backward(ctx, grad_out, grad_hy, torch.ops.fastseq.gru_backward) + (None,)
 
 
 gru_forward.register_autograd(_op_backward, setup_context=_setup_context)
+register_custom_op_autocast("fastseq::gru_forward", "gru")
 
 
 class _GRUEager(torch.autograd.Function):
@@ -87,14 +101,17 @@ class _GRUEager(torch.autograd.Function):
         return _backward(ctx, grad_out, grad_hy, _C.gru_backward)
 
 
+@autocast_as("gru")
 def gru(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
         b_hh: Optional[Tensor] = None, batch_sizes: Optional[Tensor] = None,
         reverse: bool = False) -> Tuple[Tensor, Tensor]:
     """Differentiable fused GRU layer: input [T, B, I], hx [B, H] -> (output [T, B, H], h_n [B, H]).
 
     batch_sizes (int64 cpu [T], non-increasing): only rows < batch_sizes[t] step at time t;
-    the others keep their state and output 0 (PackedSequence semantics)."""
-    if use_custom_op():
+    the others keep their state and output 0 (PackedSequence semantics). Double backward
+    (create_graph=True) recomputes the layer with the pure-torch reference and
+    differentiates that: correct, not fused."""
+    if use_custom_op(input):
         need_ws = needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh)
         out, h_n, _ = torch.ops.fastseq.gru_forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, need_ws)
         return out, h_n
@@ -112,12 +129,13 @@ def gru_layer(x: Tensor, state: Tuple[Tensor], weights: tuple, batch_sizes: Opti
     return out, (h_n,)
 
 
+@autocast_as("gru_cell")
 def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
              b_hh: Optional[Tensor] = None) -> Tensor:
     """One GRU step, input [B, I], hx [B, H] -> h' [B, H]. Eager: fastseq._C.gru_cell, whose
     autograd node is C++ (a Python autograd.Function would cost more per step than torch's
     own cell); under torch.compile: the layer custom op with T = 1."""
-    if use_custom_op():
+    if use_custom_op(input):
         return gru(input.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh)[1]
     if needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh):
         return _C.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)

@@ -12,6 +12,10 @@ import torch
 from torch import Tensor
 
 from .._ext import _C
+from ._autocast import autocast_as, register_custom_op_autocast
+from ._double_backward import create_graph_requested, recomputed_grads
+from ._route import use_custom_op
+from .reference import lstm_cell_reference, lstm_layer_reference
 
 # ---------------------------------------------------------------------------------------
 # One layer, one direction, whole sequence
@@ -64,7 +68,8 @@ def _(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, w_hr, batch_si
 def _layer_setup_context(ctx, inputs, output):
     input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse = inputs
     out, _, _, gates, cells = output
-    ctx.save_for_backward(input, h0, c0, w_ih, w_hh, w_hr, batch_sizes, out, gates, cells)
+    # The biases only serve a double backward's recomputation (references, no copies).
+    ctx.save_for_backward(input, h0, c0, w_ih, w_hh, w_hr, batch_sizes, out, gates, cells, b_ih, b_hh)
     ctx.reverse = reverse
     ctx.has_b_ih, ctx.has_b_hh = b_ih is not None, b_hh is not None
     ctx.mark_non_differentiable(gates, cells)
@@ -73,7 +78,11 @@ def _layer_setup_context(ctx, inputs, output):
 def _layer_grads(ctx, backward_op, grad_output, grad_h_n, grad_c_n):
     """The layer's gradients from what _layer_setup_context saved; backward_op is the custom
     op (compiled path) or fastseq._C's function (eager path), which compute the same."""
-    input, h0, c0, w_ih, w_hh, w_hr, batch_sizes, out, gates, cells = ctx.saved_tensors
+    input, h0, c0, w_ih, w_hh, w_hr, batch_sizes, out, gates, cells, b_ih, b_hh = ctx.saved_tensors
+    if create_graph_requested():
+        return recomputed_grads(_layer_reference, (input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                                   batch_sizes, ctx.reverse),
+                                ctx.needs_input_grad, (grad_output, grad_h_n, grad_c_n))
     d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, d_w_hr = backward_op(
         grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, w_hr, batch_sizes,
         ctx.reverse, ctx.has_b_ih or ctx.has_b_hh, out, gates, cells, ctx.needs_input_grad[0])
@@ -81,11 +90,18 @@ def _layer_grads(ctx, backward_op, grad_output, grad_h_n, grad_c_n):
             d_bias if ctx.has_b_hh else None, d_w_hr if w_hr is not None else None, None, None)
 
 
+def _layer_reference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
+    out, (h_n, c_n) = lstm_layer_reference(input, (h0, c0), (w_ih, w_hh, b_ih, b_hh, w_hr),
+                                           batch_sizes, reverse)
+    return out, h_n, c_n
+
+
 def _layer_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cells):
     return _layer_grads(ctx, lstm_layer_backward, grad_output, grad_h_n, grad_c_n)
 
 
 lstm_layer_forward.register_autograd(_layer_backward, setup_context=_layer_setup_context)
+register_custom_op_autocast("fastseq::lstm_layer_forward", "lstm")
 
 
 class _LSTMLayerFunction(torch.autograd.Function):
@@ -103,17 +119,20 @@ class _LSTMLayerFunction(torch.autograd.Function):
         return output
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cells):
         return _layer_grads(ctx, _C.lstm_layer_backward, grad_output, grad_h_n, grad_c_n)
 
 
+@autocast_as("lstm")
 def lstm_layer(x: Tensor, state: Tuple[Tensor, Tensor], weights: tuple,
                batch_sizes: Optional[Tensor] = None, reverse: bool = False):
-    """The layer_fn of fastseq.nn._recurrent: (out [T, B, P], (h_n, c_n))."""
+    """The layer_fn of fastseq.nn._recurrent: (out [T, B, P], (h_n, c_n)).
+
+    Double backward (create_graph=True) recomputes the layer with the pure-torch reference
+    (fastseq.ops.reference) and differentiates that: correct, not fused."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     args = (x, state[0], state[1], w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse)
-    if torch.compiler.is_compiling():
+    if use_custom_op(x):
         out, h_n, c_n, _, _ = lstm_layer_forward(*args)
     elif torch.is_grad_enabled():
         out, h_n, c_n, _, _ = _LSTMLayerFunction.apply(*args)
@@ -160,13 +179,16 @@ def _(grad_h_next, grad_c_next, input, h, c, w_ih, w_hh, has_bias, gates, c_next
 def _cell_setup_context(ctx, inputs, output):
     input, h, c, w_ih, w_hh, b_ih, b_hh = inputs
     _, c_next, gates = output
-    ctx.save_for_backward(input, h, c, w_ih, w_hh, gates, c_next)
+    ctx.save_for_backward(input, h, c, w_ih, w_hh, gates, c_next, b_ih, b_hh)
     ctx.has_b_ih, ctx.has_b_hh = b_ih is not None, b_hh is not None
     ctx.mark_non_differentiable(gates)
 
 
 def _cell_backward(ctx, grad_h_next, grad_c_next, _grad_gates):
-    input, h, c, w_ih, w_hh, gates, c_next = ctx.saved_tensors
+    input, h, c, w_ih, w_hh, gates, c_next, b_ih, b_hh = ctx.saved_tensors
+    if create_graph_requested():
+        return recomputed_grads(lstm_cell_reference, (input, h, c, w_ih, w_hh, b_ih, b_hh),
+                                ctx.needs_input_grad, (grad_h_next, grad_c_next))
     d_input, d_h, d_c, d_w_ih, d_w_hh, d_bias = lstm_cell_backward(
         grad_h_next, grad_c_next, input, h, c, w_ih, w_hh, ctx.has_b_ih or ctx.has_b_hh, gates, c_next)
     return (d_input, d_h, d_c, d_w_ih, d_w_hh, d_bias if ctx.has_b_ih else None,
@@ -174,12 +196,15 @@ def _cell_backward(ctx, grad_h_next, grad_c_next, _grad_gates):
 
 
 lstm_cell_forward.register_autograd(_cell_backward, setup_context=_cell_setup_context)
+register_custom_op_autocast("fastseq::lstm_cell_forward", "lstm_cell")
 
 
+@autocast_as("lstm_cell")
 def lstm_cell(input: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
               b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """One fused LSTMCell step: (h_next, c_next)."""
-    if torch.compiler.is_compiling():
+    """One fused LSTMCell step: (h_next, c_next). Double backward recomputes the step with
+    differentiable ATen ops (in the C++ autograd node)."""
+    if use_custom_op(input):
         h_next, c_next, _ = lstm_cell_forward(input, h, c, w_ih, w_hh, b_ih, b_hh)
     elif torch.is_grad_enabled():  # C++ autograd node: a Python Function costs ~3x more per step
         h_next, c_next = _C.lstm_cell(input, h, c, w_ih, w_hh, b_ih, b_hh)

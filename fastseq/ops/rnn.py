@@ -8,7 +8,11 @@ import torch
 from torch import Tensor
 
 from .._ext import _C
-from ._gru_rnn_common import fake_backward_grads, needs_grad, use_custom_op, zeros_if_none
+from ._autocast import autocast_as, register_custom_op_autocast
+from ._double_backward import create_graph_requested, recomputed_grads
+from ._route import use_custom_op
+from .reference_gru_rnn import rnn_layer_reference
+from ._gru_rnn_common import fake_backward_grads, needs_grad, zeros_if_none
 
 
 @torch.library.custom_op("fastseq::rnn_forward", mutates_args=())
@@ -40,7 +44,8 @@ def _(grad_output, grad_hy, input, hx, w_ih, w_hh, output, batch_sizes, reverse,
 
 
 def _save(ctx, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity, out):
-    ctx.save_for_backward(input, hx, w_ih, w_hh, out, batch_sizes)
+    # The biases only serve a double backward's recomputation (references, no copies).
+    ctx.save_for_backward(input, hx, w_ih, w_hh, out, batch_sizes, b_ih, b_hh)
     ctx.reverse, ctx.nonlinearity = reverse, nonlinearity
     ctx.has_bias = (b_ih is not None, b_hh is not None)
 
@@ -51,7 +56,11 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, grad_hy, backward_fn):
     """Gradients of (input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity)."""
-    input, hx, w_ih, w_hh, out, batch_sizes = ctx.saved_tensors
+    input, hx, w_ih, w_hh, out, batch_sizes, b_ih, b_hh = ctx.saved_tensors
+    if create_graph_requested():
+        return recomputed_grads(_layer_reference, (input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes,
+                                                   ctx.reverse, ctx.nonlinearity),
+                                ctx.needs_input_grad, (grad_out, grad_hy))
     dx, dh, dw_ih, dw_hh, db_ih, db_hh = backward_fn(
         zeros_if_none(grad_out, out), zeros_if_none(grad_hy, hx), input, hx, w_ih, w_hh, out,
         batch_sizes, ctx.reverse, ctx.nonlinearity, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
@@ -59,11 +68,18 @@ def _backward(ctx, grad_out, grad_hy, backward_fn):
             db_ih if ctx.has_bias[0] else None, db_hh if ctx.has_bias[1] else None, None, None, None)
 
 
+def _layer_reference(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity):
+    out, (h_n,) = rnn_layer_reference(nonlinearity)(input, (hx,), (w_ih, w_hh, b_ih, b_hh),
+                                                    batch_sizes, reverse)
+    return out, h_n
+
+
 def _op_backward(ctx, grad_out, grad_hy):
     return _backward(ctx, grad_out, grad_hy, torch.ops.fastseq.rnn_backward)
 
 
 rnn_forward.register_autograd(_op_backward, setup_context=_setup_context)
+register_custom_op_autocast("fastseq::rnn_forward", "rnn")
 
 
 class _RNNEager(torch.autograd.Function):
@@ -81,13 +97,14 @@ class _RNNEager(torch.autograd.Function):
         return _backward(ctx, grad_out, grad_hy, _C.rnn_backward)
 
 
+@autocast_as("rnn")
 def rnn(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
         b_hh: Optional[Tensor] = None, batch_sizes: Optional[Tensor] = None, reverse: bool = False,
         nonlinearity: str = "tanh") -> Tuple[Tensor, Tensor]:
     """Differentiable fused Elman RNN layer: h' = act(W_ih x + b_ih + W_hh h + b_hh),
     input [T, B, I], hx [B, H] -> (output [T, B, H], h_n [B, H]); batch_sizes as in
-    fastseq.ops.gru.gru."""
-    if use_custom_op():
+    fastseq.ops.gru.gru. Double backward recomputes with the pure-torch reference."""
+    if use_custom_op(input):
         return torch.ops.fastseq.rnn_forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity)
     if needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh):
         return _RNNEager.apply(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity)
@@ -103,12 +120,13 @@ def rnn_layer(nonlinearity: str):
     return layer
 
 
+@autocast_as("rnn_cell")
 def rnn_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
              b_hh: Optional[Tensor] = None, nonlinearity: str = "tanh") -> Tensor:
     """One RNN step, input [B, I], hx [B, H] -> h' [B, H]. Eager: fastseq._C.rnn_cell (C++
     autograd node, as fastseq.ops.gru.gru_cell); under torch.compile: the layer custom op
     with T = 1."""
-    if use_custom_op():
+    if use_custom_op(input):
         return rnn(input.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh, None, False, nonlinearity)[1]
     if needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh):
         return _C.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
