@@ -264,8 +264,8 @@ def _qkv(B=2, H=3, L=5, S=7, E=8, Ev=8):
     (_qkv()[0], _qkv()[1].to("meta"), _qkv()[2], {}, r"key must be on query's device \(cpu\), got meta"),
     (*_qkv(), {"attn_mask": torch.ones(5, 7, dtype=torch.bool, device="meta")},
      r"attn_mask must be on query's device \(cpu\), got meta"),
-    (*_qkv(), {"dropout_p": 1.0}, r"dropout_p must be in \[0, 1\), got 1.0"),
-    (*_qkv(), {"dropout_p": -0.1}, r"dropout_p must be in \[0, 1\), got -0.1"),
+    (*_qkv(), {"dropout_p": 1.5}, r"dropout_p must be in \[0, 1\], got 1.5"),
+    (*_qkv(), {"dropout_p": -0.1}, r"dropout_p must be in \[0, 1\], got -0.1"),
 ])
 def test_attention_bad_arguments(q, k, v, kwargs, match):
     with pytest.raises(ValueError, match=match):
