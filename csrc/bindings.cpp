@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 
 #include "common/build_info.h"
+#include "common/gemm.h"
 
 // ---- lstm declarations ----
 #include "lstm/lstm.h"
@@ -17,6 +18,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastseq fused kernels (see fastseq.ops for the autograd-aware wrappers)";
   m.def("built_with_cuda", &fastseq::built_with_cuda,
         "True when the CUDA kernels were compiled into this module");
+  m.def("set_cpu_gemm_backend", &fastseq::set_cpu_gemm_backend, py::arg("name"),
+        "Library for large CPU float32 GEMMs: \"auto\" (oneDNN on AMD, ATen/MKL elsewhere), "
+        "\"onednn\" or \"aten\"");
+  m.def("cpu_gemm_backend", &fastseq::cpu_gemm_backend,
+        "The library running large CPU float32 GEMMs now: \"onednn\" or \"aten\"");
   m.attr("compiler") = py::str(
 #if defined(__clang__)
       "clang " __clang_version__

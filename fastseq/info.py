@@ -38,6 +38,7 @@ def collect():
         ("CPU", model),
         ("CPU ISA (ATen dispatch)", isa),
         ("torch threads", str(torch.get_num_threads())),
+        ("CPU float32 GEMMs (recurrent layers)", _C.cpu_gemm_backend()),
     ]
     return rows
 

@@ -343,3 +343,27 @@ def test_meta_sdpa():
     q = torch.randn(2, 3, 5, 8, device="meta")
     out, weights = FF.scaled_dot_product_attention_with_weights(q, q, q)
     assert out.shape == (2, 3, 5, 8) and weights.shape == (2, 3, 5, 5) and out.is_meta
+
+
+# ---- the CPU GEMM backend choice ------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["aten", "onednn"])
+def test_gemm_backends_agree(backend):
+    """The layers give the same results whichever library runs their large GEMMs."""
+    from fastseq import _C
+    x = torch.randn(40, 64, 8)  # M * N * K above the size where a library is chosen
+    fast = fnn.LSTM(8, 128)
+    ref = torch.nn.LSTM(8, 128)
+    fast.load_state_dict(ref.state_dict())
+    try:
+        _C.set_cpu_gemm_backend(backend)
+        assert _C.cpu_gemm_backend() == backend
+        torch.testing.assert_close(fast(x)[0], ref(x)[0], atol=2e-5, rtol=1e-4)
+    finally:
+        _C.set_cpu_gemm_backend("auto")
+
+
+def test_gemm_backend_bad_name():
+    from fastseq import _C
+    with pytest.raises(RuntimeError, match='name must be "auto", "onednn" or "aten", got "mkl"'):
+        _C.set_cpu_gemm_backend("mkl")

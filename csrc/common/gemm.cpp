@@ -8,6 +8,8 @@
 #include <c10/core/Scalar.h>
 #include <c10/util/string_view.h>
 
+#include <atomic>
+
 namespace fastseq {
 namespace {
 
@@ -34,9 +36,43 @@ const c10::TypedOperatorHandle<LinearPointwiseFn>* onednn_linear() {
 // Below this many multiply-adds oneDNN's per-call cost (~10 us) outweighs its faster kernel.
 constexpr int64_t kOnednnMinMacs = int64_t(1) << 20;
 
+bool cpu_is_amd() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return __builtin_cpu_is("amd");
+#else
+  return false;
+#endif
+}
+
+enum class Backend : int { kAuto, kOneDnn, kAten };
+std::atomic<Backend> backend_setting{Backend::kAuto};
+
+bool use_onednn() {
+  const Backend b = backend_setting.load(std::memory_order_relaxed);
+  if (b == Backend::kAten) return false;
+  static const bool amd = cpu_is_amd();
+  return onednn_linear() != nullptr && (b == Backend::kOneDnn || amd);
+}
+
 }  // namespace
 
 bool onednn_gemm_available() { return onednn_linear() != nullptr; }
+
+void set_cpu_gemm_backend(const std::string& name) {
+  if (name == "auto") backend_setting = Backend::kAuto;
+  else if (name == "aten") backend_setting = Backend::kAten;
+  else if (name == "onednn") {
+    TORCH_CHECK(onednn_linear() != nullptr, "set_cpu_gemm_backend: this torch has no oneDNN "
+                "(mkldnn::_linear_pointwise); use \"aten\" or \"auto\"");
+    backend_setting = Backend::kOneDnn;
+  } else {
+    TORCH_CHECK(false, "set_cpu_gemm_backend: name must be \"auto\", \"onednn\" or \"aten\", got \"",
+                name, "\"");
+  }
+}
+
+std::string cpu_gemm_backend() { return use_onednn() ? "onednn" : "aten"; }
 
 // The kernels write GEMM results through raw pointers of their input dtype, so a product
 // must come back in that dtype and shape: under torch.autocast the dispatcher would retype
@@ -60,7 +96,7 @@ at::Tensor linear_nt(const at::Tensor& x, const at::Tensor& w,
               N, ", ", w.size(1), "] ", w.scalar_type(), " do not match");
   if (x.is_cpu() && x.scalar_type() == at::kFloat && M > 0 && N > 0 && K > 0 &&
       M * N * K >= kOnednnMinMacs) {
-    if (const auto* op = onednn_linear()) {
+    if (const auto* op = use_onednn() ? onednn_linear() : nullptr) {
       return checked_product(
           op->call(x, w, bias, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt), x,
           M, N);
