@@ -7,7 +7,9 @@ import sys
 import time
 
 import torch
+from tqdm import tqdm
 
+from . import machine, report
 from .harness import RunSettings, run_case
 from .stats import NoisePolicy
 
@@ -65,10 +67,6 @@ def collect_cases(suite, device, ops):
 
 
 def run(args):
-    from tqdm import tqdm
-
-    from . import machine, report
-
     if args.compare:
         print(report.format_compare(*(report.read_json(p) for p in args.compare)))
         return 0
@@ -123,6 +121,15 @@ def _write_text(path, text):
         f.write(text)
 
 
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless it is empty (an unset path, all ops, a switch)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default in ("", []):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _one_line_error(parser):
     # A bad flag reads as one line naming it (argparse would print the whole usage first).
     def error(message):
@@ -132,29 +139,30 @@ def _one_line_error(parser):
 
 def register(subparsers, train_subparsers):
     p = subparsers.add_parser("bench", help="time fastseq against PyTorch side by side",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=_HelpWithDefaults)
     p.error = _one_line_error(p)
     p.add_argument("--suite", choices=SUITES, default="small",
                    help="small: about a minute on 2 cores; full: the published grids; "
                         "scaling: one dimension varied at a time, for the scaling curves")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--ops", type=_ops, default=[], help="comma-separated subset, e.g. lstm,gru (default: all)")
-    p.add_argument("--repeats", type=_number(int, 1, "an integer >= 1"), default=7,
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: CUDA-event timing and a cuBLAS GEMM probe for the peak")
+    p.add_argument("--ops", type=_ops, default=[], metavar="OP[,OP...]", help="comma-separated subset, e.g. lstm,gru (default: all)")
+    p.add_argument("--repeats", type=_number(int, 1, "an integer >= 1"), default=7, metavar="N",
                    help="interleaved samples per side and round")
-    p.add_argument("--threads", type=_number(int, 0, "an integer >= 0"), default=0,
+    p.add_argument("--threads", type=_number(int, 0, "an integer >= 0"), default=0, metavar="N",
                    help="torch threads (0 = torch's default)")
-    p.add_argument("--min-sample-ms", type=_number(float, 1e-3, "a number of ms >= 0.001"), default=20.0,
+    p.add_argument("--min-sample-ms", type=_number(float, 1e-3, "a number of ms >= 0.001"), default=20.0, metavar="MS",
                    help="each sample repeats the call for at least this long")
-    p.add_argument("--noise-threshold", type=_number(float, 0.0, "a percentage >= 0"), default=5.0,
+    p.add_argument("--noise-threshold", type=_number(float, 0.0, "a percentage >= 0"), default=5.0, metavar="PCT",
                    help="a case is noisy when either side's IQR exceeds this %% of its median")
-    p.add_argument("--max-rounds", type=_number(int, 1, "an integer >= 1"), default=3,
+    p.add_argument("--max-rounds", type=_number(int, 1, "an integer >= 1"), default=3, metavar="N",
                    help="rounds of samples a noisy case may get in all")
-    p.add_argument("--rerun-budget", type=_number(float, 0.0, "seconds >= 0"), default=30.0,
+    p.add_argument("--rerun-budget", type=_number(float, 0.0, "seconds >= 0"), default=30.0, metavar="S",
                    help="seconds, over the whole run, that re-runs of noisy cases may start within")
     p.add_argument("--strict", action="store_true", help="exit 1 when any case stays noisy")
-    p.add_argument("--out", default="", help="also write the tables as Markdown to this path")
-    p.add_argument("--json", default="", help="also write machine and every case as JSON to this path")
-    p.add_argument("--plot", default="", help="also draw ratios, share of peak and scaling curves to this PNG")
+    p.add_argument("--out", default="", metavar="PATH.md", help="also write the tables as Markdown to this path")
+    p.add_argument("--json", default="", metavar="PATH.json", help="also write machine and every case as JSON to this path")
+    p.add_argument("--plot", default="", metavar="PATH.png", help="also draw ratios, share of peak and scaling curves to this PNG")
     p.add_argument("--compare", nargs=2, metavar=("OLD.json", "NEW.json"),
                    help="print the before/after table of two --json runs instead of running")
     p.set_defaults(func=run)
