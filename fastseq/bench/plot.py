@@ -1,9 +1,11 @@
 """The picture of a bench run (from its JSON record): ratio per case grouped by op and mode
 with the 1.0 line, fastseq's and torch's share of the machine's GEMM peak, and the scaling
 curves (time against T, B, H for the recurrent layers, against L for attention)."""
+import os
 from typing import Dict, List, Tuple
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only; no display needed (or wanted) on a benchmark box
 import matplotlib.pyplot as plt  # noqa: E402
@@ -65,6 +67,10 @@ def _scaling(ax, key, run):
     ax.plot(xs, [c["fastseq_ms"] for c in run], "s-", label="fastseq")
     fixed = " ".join(f"{k}={v}" for k, v in run[0]["dims"].items() if k != dim)
     ax.set(xscale="log", yscale="log", xlabel=dim, ylabel="ms per call", title=f"{op} {mode}: {fixed}")
+    # Ticks at the measured sizes; log axes' minor labels would crowd them.
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8)
 
@@ -74,7 +80,7 @@ def plot_record(record: Dict, path: str):
     series = scaling_series(cases)
     cols = 3
     rows = (len(series) + cols - 1) // cols
-    fig = plt.figure(figsize=(max(10, 0.12 * len(cases) + 4), 7 + 3.2 * rows))
+    fig = plt.figure(figsize=(max(10, 0.12 * len(cases) + 4), 7 + 3.2 * rows), layout="constrained")
     grid = fig.add_gridspec(2 + rows, cols, height_ratios=[3, 2] + [2.6] * rows)
     _bars(fig.add_subplot(grid[0, :]), fig.add_subplot(grid[1, :]), cases)
     for i, (key, run) in enumerate(sorted(series.items())):
@@ -82,6 +88,6 @@ def plot_record(record: Dict, path: str):
     m = record["machine"]
     fig.suptitle(f"fastseq bench ({record['suite']}): {m['device_name']}, {m['threads']} threads, "
                  f"load {m['load_avg']}, {m['date']}")
-    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
