@@ -3,6 +3,7 @@ table, the plot, the README filler and the flag checks (no timing assertions).""
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from fastseq.bench import flops, readme, report
 from fastseq.bench.cli import collect_cases
+from fastseq.bench.harness import BenchCase, RerunBudget, RunSettings, run_case
 from fastseq.bench.memory import _without_kineto_lines, peak_memory_mb
 from fastseq.bench.plot import scaling_series
 from fastseq.bench.stats import NoisePolicy, noise_reasons, side_stats, spread_pct, stalled_mask
@@ -65,6 +67,28 @@ def test_stalled_samples_leave_the_median_and_make_the_case_noisy():
 def test_measure_reports_cpu_per_wall():
     seconds, cpu_per_wall = measure(lambda: sum(range(20000)), torch.device("cpu"), 3, 1)
     assert seconds > 0 and 0 < cpu_per_wall <= 1.5
+
+
+def _sleepy_case():
+    # Sleeps of 1 or 6 ms in turn: a wide spread, and CPU time far below wall time.
+    def setup():
+        calls = []
+
+        def fn():
+            calls.append(None)
+            time.sleep(0.001 if len(calls) % 2 else 0.006)
+            return torch.zeros(1)
+        return fn, fn
+    return BenchCase("sleep", "synthetic", "infer", "itself", setup)
+
+
+@pytest.mark.parametrize("budget_s,rounds", [(0.0, 1), (60.0, 3)])
+def test_noisy_case_reruns_within_budget(budget_s, rounds):
+    budget = RerunBudget(budget_s)
+    settings = RunSettings(repeats=3, min_sample_s=1e-6, max_rounds=3, budget=budget)
+    result = run_case(_sleepy_case(), torch.device("cpu"), settings)
+    assert result.noisy and result.rounds == rounds and result.ref.samples == 3 * rounds
+    assert budget.seconds <= budget_s
 
 
 # ---- flop counts ----

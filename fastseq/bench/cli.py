@@ -4,13 +4,12 @@ import argparse
 import importlib
 import os
 import sys
-import time
 
 import torch
 from tqdm import tqdm
 
 from . import machine, report
-from .harness import RunSettings, run_case
+from .harness import RerunBudget, RunSettings, run_case
 from .stats import NoisePolicy
 
 # Each suite module exposes OPS (the op names its cases carry) and
@@ -88,7 +87,7 @@ def run(args):
     settings = RunSettings(repeats=args.repeats, min_sample_s=args.min_sample_ms / 1e3,
                            max_rounds=args.max_rounds, policy=NoisePolicy(spread_pct=args.noise_threshold),
                            threads=1 if device.type == "cuda" else threads,
-                           rerun_until=time.perf_counter() + args.rerun_budget)
+                           budget=RerunBudget(args.rerun_budget))
     # The bar lives on stderr and is cleared (leave=False) before the table prints.
     with tqdm(total=len(cases), desc="bench", unit="case", file=sys.stderr, leave=False) as bar:
         records = []
@@ -158,7 +157,7 @@ def register(subparsers, train_subparsers):
     p.add_argument("--max-rounds", type=_number(int, 1, "an integer >= 1"), default=3, metavar="N",
                    help="rounds of samples a noisy case may get in all")
     p.add_argument("--rerun-budget", type=_number(float, 0.0, "seconds >= 0"), default=30.0, metavar="S",
-                   help="seconds, over the whole run, that re-runs of noisy cases may start within")
+                   help="seconds that the extra rounds of noisy cases may take, over the whole run")
     p.add_argument("--strict", action="store_true", help="exit 1 when any case stays noisy")
     p.add_argument("--out", default="", metavar="PATH.md", help="also write the tables as Markdown to this path")
     p.add_argument("--json", default="", metavar="PATH.json", help="also write machine and every case as JSON to this path")

@@ -84,21 +84,36 @@ def max_abs_error(a, b) -> float:
 
 
 @dataclass
+class RerunBudget:
+    """Seconds that extra rounds of noisy cases may still take, shared by the whole run."""
+    seconds: float
+
+    def affords(self, round_s):
+        return round_s <= self.seconds
+
+    def spend(self, round_s):
+        self.seconds -= round_s
+
+
+@dataclass
 class RunSettings:
     repeats: int = 7                 # interleaved sample pairs per round
     min_sample_s: float = 0.02       # each sample loops the call for at least this long
     max_rounds: int = 3              # rounds a noisy case may get in all
     policy: NoisePolicy = field(default_factory=NoisePolicy)
     threads: int = 1                 # torch threads, for CPU time per wall time x threads
-    rerun_until: float = 0.0         # perf_counter time after which no re-run starts
+    budget: RerunBudget = field(default_factory=lambda: RerunBudget(0.0))
 
 
 def _round(ref_fn, fast_fn, device, inner, settings, samples):
+    """Appends one round of interleaved samples; returns how long it took."""
+    start = time.perf_counter()
     for r in range(settings.repeats):
         # Alternate who goes first so drift (turbo, other load) hits both alike.
         order = ((ref_fn, samples["ref"]), (fast_fn, samples["fast"]))
         for fn, acc in (order if r % 2 == 0 else order[::-1]):
             acc.append(measure(fn, device, inner, settings.threads))
+    return time.perf_counter() - start
 
 
 def run_case(case: BenchCase, device: torch.device, settings: RunSettings) -> BenchResult:
@@ -109,17 +124,16 @@ def run_case(case: BenchCase, device: torch.device, settings: RunSettings) -> Be
     one = max(measure(ref_fn, device, 1, 1)[0], measure(fast_fn, device, 1, 1)[0], 1e-6)
     inner = max(1, int(math.ceil(settings.min_sample_s / one)))
     samples = {"ref": [], "fast": []}
-    rounds = 0
+    took, rounds = _round(ref_fn, fast_fn, device, inner, settings, samples), 1
     while True:
-        start = time.perf_counter()
-        _round(ref_fn, fast_fn, device, inner, settings, samples)
-        rounds += 1
         sides = [side_stats(*zip(*samples[k]), settings.threads, settings.policy) for k in ("ref", "fast")]
         noise = noise_reasons(sides, settings.policy)
-        took = time.perf_counter() - start
-        # Another round only if it is likely to end before the shared re-run budget does.
-        if not noise or rounds >= settings.max_rounds or time.perf_counter() + took > settings.rerun_until:
+        # Another round (pooled with the earlier ones) only if the budget left can pay for it.
+        if not noise or rounds >= settings.max_rounds or not settings.budget.affords(took):
             break
+        took = _round(ref_fn, fast_fn, device, inner, settings, samples)
+        settings.budget.spend(took)
+        rounds += 1
     res = BenchResult(case, str(device), sides[0], sides[1], err, noise, rounds)
     if case.memory:
         res.ref_peak_mb = peak_memory_mb(ref_fn, device)
