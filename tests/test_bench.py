@@ -138,6 +138,14 @@ def test_markdown_and_plot_written(tiny_run):
     assert (tiny_run / "run.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_strict_exits_1_when_cases_stay_noisy(tmp_path):
+    # A 0 % threshold leaves every case noisy (no real spread is exactly 0).
+    args = ["bench", "--ops", "lstm_cell", "--threads", "1", "--repeats", "3", "--min-sample-ms", "2",
+            "--noise-threshold", "0", "--max-rounds", "1", "--json", str(tmp_path / "run.json")]
+    assert main(args + ["--strict"]) == 1
+    assert all(c["noisy"] for c in json.loads((tmp_path / "run.json").read_text())["cases"])
+
+
 def test_compare_table(tiny_run, tmp_path, capsys):
     old = json.loads((tiny_run / "run.json").read_text())
     new = json.loads(json.dumps(old))

@@ -92,6 +92,7 @@ def run(args):
     with tqdm(total=len(cases), desc="bench", unit="case", file=sys.stderr, leave=False) as bar:
         records = []
         for case in cases:
+            bar.set_postfix_str(f"{case.op} {case.mode}", refresh=False)
             records.append(report.case_record(run_case(case, device, settings), info))
             bar.update()
     record = report.run_record(info, settings, args.suite, _command(args), records)
