@@ -6,7 +6,7 @@ TORCH   ?= torch==2.13.0
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.fastseq-installed
 
-.PHONY: install build bench test test-fast clean
+.PHONY: install build bench bench-full test test-fast clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,11 @@ build: $(STAMP)
 
 bench: build
 	$(BIN)/fastseq bench
+
+# On an idle machine: regenerates every published benchmark (the tables and JSON under
+# benchmarks/results/, the plots under docs/img/, README.md's "Measured" table).
+bench-full: build
+	$(BIN)/python -m fastseq.bench.publish
 
 test: build
 	$(BIN)/python -m pytest -q

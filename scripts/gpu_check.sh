@@ -17,6 +17,6 @@ echo "build rc=$?" | tee -a "$OUT/build.log"
 $PY -m fastseq.info > "$OUT/info.txt" 2>&1
 $PY -m pytest -q -rs tests > "$OUT/tests.log" 2>&1
 echo "tests rc=$?" | tee -a "$OUT/tests.log"
-$PY -m fastseq bench --device cuda --suite small --out "$OUT/bench_cuda.md" > "$OUT/bench.log" 2>&1
+$PY -m fastseq bench --device cuda --suite small --out "$OUT/bench_cuda.md" --json "$OUT/bench_cuda.json" --plot "$OUT/bench_cuda.png" > "$OUT/bench.log" 2>&1
 echo "bench rc=$?" | tee -a "$OUT/bench.log"
 tail -5 "$OUT/tests.log"

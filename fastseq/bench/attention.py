@@ -5,18 +5,24 @@ causal, with and without a bool attn_mask, inference and training, peak memory i
 Both sides run the same fused-kernel class (no fallback on either side): float32, no
 dropout (with dropout_p > 0 torch leaves its flash kernel for the math path; fastseq keeps
 its fused kernels, so dropout is not a like-for-like comparison and is not timed here).
+Flop counts: flops.attention (the mask does not change the count, causal halves it).
 """
 import torch
 import torch.nn.functional as F
 
 from .. import nn as fnn
+from . import flops
 from .harness import BenchCase
+
+OPS = ("attention",)
 
 REFERENCE = "torch F.scaled_dot_product_attention"
 
 # (B, H, L, D): L = S = 256 .. 2048, D = 32 .. 128, B*H shrinking as L grows to bound runtime.
 FULL_SHAPES = [(b, h, L, d) for (b, h, L) in [(4, 8, 256), (2, 8, 512), (1, 8, 1024), (1, 4, 2048)]
                for d in (32, 64, 128)]
+# Suite "scaling": L = S varied at B=1 H=8 D=64, full attention.
+SCALING_L = (256, 512, 1024, 2048)
 SMALL_CASES = [  # (B, H, L, D, causal, masked, mode)
     (2, 8, 512, 64, False, False, "infer"),
     (2, 8, 512, 64, True, False, "infer"),
@@ -61,12 +67,15 @@ def _case(B, H, L, D, causal, masked, mode, device):
     note = "mask (L,S) bool, read in place" if masked else ""
     return BenchCase(op="attention", label=label, mode=mode, reference=REFERENCE,
                      setup=_make_setup(B, H, L, D, causal, masked, mode, device), note=note,
-                     memory=True)
+                     memory=True, flops=flops.attention(B, H, L, L, D, causal, mode),
+                     dims=dict(B=B, H=H, L=L, D=D))
 
 
 def cases(suite, device):
     if suite == "small":
         return [_case(*c, device) for c in SMALL_CASES]
+    if suite == "scaling":
+        return [_case(1, 8, L, 64, False, False, mode, device) for mode in ("infer", "train") for L in SCALING_L]
     out = []
     for mode in ("infer", "train"):
         for (B, H, L, D) in FULL_SHAPES:

@@ -1,15 +1,21 @@
 """Benchmark cases for the fused GRU and RNN layers against torch.nn.GRU / torch.nn.RNN
 (the same weights, single layer, unidirectional), training step (forward + backward of
-output and final state) and inference (no_grad forward). No case falls back to torch."""
+output and final state) and inference (no_grad forward). No case falls back to torch.
+Flop counts: flops.recurrent with 3 gates (GRU) or 1 (RNN)."""
 import itertools
 
 import torch
 
+from . import flops
 from .harness import BenchCase
+
+OPS = ("gru", "rnn")
 
 SMALL = [("gru", "train", 35, 8, 128), ("gru", "infer", 100, 32, 128),
          ("rnn", "train", 100, 32, 128), ("rnn", "infer", 35, 8, 128)]
 FULL_T, FULL_B, FULL_H = (35, 100, 200), (8, 32, 64), (64, 128, 256)
+# Suite "scaling": T varied at B=16 H=128, then H at T=100 B=16.
+SCALING = [(T, 16, 128) for T in (25, 50, 100, 200, 400)] + [(100, 16, H) for H in (64, 256, 512)]
 
 
 def _modules(op, size, device):
@@ -46,11 +52,15 @@ def _case(op, mode, T, B, H, device):
             return run
         return runner(ref), runner(fast)
 
-    return BenchCase(op=op, label=f"T={T} B={B} I={H} H={H}", mode=mode, reference=ref_name, setup=setup)
+    return BenchCase(op=op, label=f"T={T} B={B} I={H} H={H}", mode=mode, reference=ref_name, setup=setup,
+                     flops=flops.recurrent(op, T, B, H, H, 1, mode), dims=dict(T=T, B=B, H=H))
 
 
 def cases(suite, device):
     if suite == "small":
         return [_case(op, mode, T, B, H, device) for op, mode, T, B, H in SMALL]
+    if suite == "scaling":
+        return [_case(op, mode, T, B, H, device)
+                for op, mode, (T, B, H) in itertools.product(("gru", "rnn"), ("train", "infer"), SCALING)]
     return [_case(op, mode, T, B, H, device)
             for op, mode, T, B, H in itertools.product(("gru", "rnn"), ("train", "infer"), FULL_T, FULL_B, FULL_H)]

@@ -1,11 +1,18 @@
 """Benchmark cases: fastseq.nn.LSTM / LSTMCell against torch.nn.LSTM / LSTMCell (on CPU torch
 runs oneDNN's fused RNN, aten::mkldnn_rnn_layer, for float32 without projection), training
-(forward + backward) and inference (no_grad). No case falls back to torch."""
+(forward + backward) and inference (no_grad). No case falls back to torch. Flop counts:
+flops.recurrent with 4 gates."""
 import itertools
 
 import torch
 
+from . import flops
 from .harness import BenchCase
+
+OPS = ("lstm", "lstm_cell")
+# Suite "scaling": one of T, B, H varied around T=100 B=16 H=128, one layer.
+SCALING_BASE = dict(T=100, B=16, H=128)
+SCALING_AXES = dict(T=(25, 50, 100, 200, 400), B=(1, 4, 16, 64), H=(64, 128, 256, 512))
 
 
 def _layer_setup(T, B, H, L, mode, device):
@@ -60,17 +67,32 @@ def _cell_setup(B, H, mode, device):
     return setup
 
 
+def _scaling_grid():
+    grid = []
+    for axis, values in SCALING_AXES.items():
+        for value, mode in itertools.product(values, ("train", "infer")):
+            dims = dict(SCALING_BASE, **{axis: value})
+            if (dims["T"], dims["B"], dims["H"], 1, mode) not in grid:
+                grid.append((dims["T"], dims["B"], dims["H"], 1, mode))
+    return grid
+
+
 def cases(suite, device):
+    cells = []
     if suite == "small":
         grid = [(35, 16, 128, 1, "train"), (100, 32, 256, 2, "train"), (35, 16, 128, 1, "infer"),
                 (100, 64, 256, 1, "infer")]
         cells = [(16, 128, "infer"), (16, 128, "train")]
+    elif suite == "scaling":
+        grid = _scaling_grid()
     else:
         grid = [(T, B, H, L, mode) for mode, T, B, H, L in
                 itertools.product(["train", "infer"], [35, 100, 200], [8, 64], [64, 256], [1, 2])]
         cells = [(B, H, mode) for mode in ("infer", "train") for B, H in ((1, 256), (16, 128), (64, 256))]
     out = [BenchCase("lstm", f"T={T} B={B} I=H={H} L={L}", mode, "torch.nn.LSTM",
-                     _layer_setup(T, B, H, L, mode, device)) for T, B, H, L, mode in grid]
+                     _layer_setup(T, B, H, L, mode, device), flops=flops.recurrent("lstm", T, B, H, H, L, mode),
+                     dims=dict(T=T, B=B, H=H, L=L)) for T, B, H, L, mode in grid]
     out += [BenchCase("lstm_cell", f"one step B={B} I=H={H}", mode, "torch.nn.LSTMCell",
-                      _cell_setup(B, H, mode, device)) for B, H, mode in cells]
+                      _cell_setup(B, H, mode, device), flops=flops.recurrent("lstm", 1, B, H, H, 1, mode),
+                      dims=dict(B=B, H=H)) for B, H, mode in cells]
     return out

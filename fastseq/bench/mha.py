@@ -3,12 +3,17 @@
 
 torch's reference runs whatever path torch picks itself: in "infer" (eval, no_grad) that is
 its native fast path (_native_multi_head_attention / _transformer_encoder_layer_fwd).
+Flop counts: flops.transformer_block (no feed-forward for MultiheadAttention alone).
+No "scaling" cases: the attention suite's scaling cases cover L.
 """
 import itertools
 
 import torch
 
+from . import flops
 from .harness import BenchCase
+
+OPS = ("mha", "encoder_layer")
 
 
 def _padding_mask(B, L, device):
@@ -63,7 +68,8 @@ def mha_case(B, L, E, H, need_weights, mode, kpm, device):
 
     return BenchCase("mha", f"B={B} L={L} E={E} H={H} weights={'yes' if need_weights else 'no'}"
                      f"{' kpm' if kpm else ''}", mode, "torch.nn.MultiheadAttention", setup,
-                     memory=True)
+                     memory=True, flops=flops.transformer_block(B, L, E, 0, False, mode),
+                     dims=dict(B=B, L=L, E=E, H=H))
 
 
 def encoder_layer_case(B, L, E, H, mode, device):
@@ -80,7 +86,8 @@ def encoder_layer_case(B, L, E, H, mode, device):
         return _runner(ref, call, x, mode), _runner(fast, call, x, mode)
 
     return BenchCase("encoder_layer", f"B={B} L={L} E={E} H={H} ff={4 * E} kpm", mode,
-                     "torch.nn.TransformerEncoderLayer", setup, memory=True)
+                     "torch.nn.TransformerEncoderLayer", setup, memory=True,
+                     flops=flops.transformer_block(B, L, E, 4 * E, False, mode), dims=dict(B=B, L=L, E=E, H=H))
 
 
 def cases(suite, device):
@@ -88,6 +95,8 @@ def cases(suite, device):
         return [mha_case(8, 256, 256, 4, True, "train", True, device),
                 mha_case(8, 256, 256, 4, True, "infer", True, device),
                 encoder_layer_case(8, 256, 256, 4, "train", device)]
+    if suite == "scaling":
+        return []
     out = []
     for L, (E, H), nw, mode in itertools.product((256, 512, 1024), ((256, 4), (512, 8)),
                                                  (True, False), ("train", "infer")):

@@ -4,14 +4,18 @@ weights and data. tokens/s = tokens per step (in the label) / step time;
 `python -m fastseq.bench.models` prints tokens/s directly.
 
 Whatever fastseq.nn does not (yet) fuse runs torch's own layer in both columns; the
-ratio then measures the fused LSTM / attention alone."""
+ratio then measures the fused LSTM / attention alone. Flop counts: flops.charlm and
+flops.gpt (the Adam step is not counted). No "scaling" cases."""
 import sys
 
 import torch
 import torch.nn.functional as F
 
 from ..models import GPT, CharLM
-from .harness import BenchCase, run_case
+from . import flops
+from .harness import BenchCase, RunSettings, run_case
+
+OPS = ("charlm", "gpt")
 
 REFERENCE = "torch.nn (--impl torch)"
 NOTE = "train step = fwd+bwd+Adam"
@@ -47,7 +51,9 @@ def charlm_case(device, vocab, seq_len, batch, embed, hidden, layers):
     def setup():
         return _train_step_pair(lambda impl: CharLM(vocab, embed, hidden, layers, impl=impl), make_batch, device)
     return BenchCase("charlm", f"T={seq_len} B={batch} E={embed} H={hidden} L={layers} V={vocab} "
-                     f"({seq_len * batch} tok/step)", "train", REFERENCE, setup, note=NOTE)
+                     f"({seq_len * batch} tok/step)", "train", REFERENCE, setup, note=NOTE,
+                     flops=flops.charlm(seq_len, batch, embed, hidden, layers, vocab),
+                     dims=dict(T=seq_len, B=batch, E=embed, H=hidden, L=layers))
 
 
 def gpt_case(device, vocab, context, batch, d_model, heads, layers):
@@ -59,13 +65,17 @@ def gpt_case(device, vocab, context, batch, d_model, heads, layers):
         return _train_step_pair(lambda impl: GPT(vocab, context, d_model, heads, layers, impl=impl),
                                 make_batch, device)
     return BenchCase("gpt", f"T={context} B={batch} D={d_model} heads={heads} L={layers} V={vocab} "
-                     f"({context * batch} tok/step)", "train", REFERENCE, setup, note=NOTE)
+                     f"({context * batch} tok/step)", "train", REFERENCE, setup, note=NOTE,
+                     flops=flops.gpt(context, batch, d_model, layers, vocab),
+                     dims=dict(T=context, B=batch, D=d_model, L=layers))
 
 
 def cases(suite, device):
     if suite == "small":
         return [charlm_case(device, 65, 35, 16, 32, 128, 1),
                 gpt_case(device, 65, 64, 8, 64, 4, 2)]
+    if suite == "scaling":
+        return []
     out = []
     for hidden, layers in ((128, 1), (256, 2), (512, 2)):
         out.append(charlm_case(device, 65, 100, 32, 64, hidden, layers))
@@ -87,9 +97,10 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    settings = RunSettings(repeats=args.repeats, threads=torch.get_num_threads())
     print(f"{'op':<7} {'case':<58} {'torch tok/s':>12} {'fastseq tok/s':>14} {'ratio':>6}")
     for case in cases(args.suite, device):
-        result = run_case(case, device, repeats=args.repeats)
+        result = run_case(case, device, settings)
         tokens = int(case.label.rsplit("(", 1)[1].split()[0])
         print(f"{case.op:<7} {case.label:<58} {tokens / result.ref_ms * 1e3:>12,.0f} "
               f"{tokens / result.fast_ms * 1e3:>14,.0f} {result.ratio:>5.2f}x", flush=True)
