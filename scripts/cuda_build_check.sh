@@ -3,8 +3,8 @@
 #
 # In a throwaway venv (reused when present, so a second run is fast) it installs the
 # CUDA-enabled torch wheel of the version the Makefile pins (its CUDA must match nvcc's
-# major version) with its nvidia-* dependencies, whose wheels carry the cuBLAS / cuSPARSE /
-# cuSOLVER / cuRAND / cuFFT headers that ATen's CUDA headers include. It then builds the
+# major version) with its nvidia-* dependencies (libraries `import torch` loads; their wheels
+# also carry the cuBLAS / cuSPARSE / cuSOLVER headers ATen's CUDA headers include). It builds the
 # whole CUDA build of fastseq._C (every csrc/**/*.cpp, *_cuda.cpp and *.cu, with
 # FASTSEQ_WITH_CUDA) from a copy of the working tree, so no CUDA .so lands in the source
 # tree, and checks that the module loads (every symbol resolved: Python loads extensions
@@ -53,15 +53,17 @@ pip_q() {
   "$VPY" -m pip -q "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
   return "${PIPESTATUS[0]}"
 }
-have=$("$VPY" -c "import torch; print(torch.__version__.split('+')[0], torch.version.cuda)" 2>/dev/null)
-if [ "${have%% *}" != "$TORCH_VERSION" ] || [ "${have#* }" = "None" ]; then
+STAMP=$VENV/.fastseq-cuda-check
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$TORCH_VERSION" ]; then
   step "installing torch $TORCH_VERSION (CUDA build) and its nvidia-* wheels into $VENV"
   echo "   (~3 GB of wheels on a first run: torch and the nvidia-* libraries it loads)"
-  pip_q install setuptools wheel ninja pybind11 numpy || fail "pip: build tools"
   # '===' matches the version string exactly, so a local '+cpu' wheel never satisfies it.
   pip_q install "torch===$TORCH_VERSION" || fail "pip: torch===$TORCH_VERSION"
+  # After torch, which may pin an old setuptools: pyproject's PEP 639 license needs >= 77.
+  pip_q install --upgrade "setuptools>=77" wheel ninja pybind11 numpy || fail "pip: build tools"
+  echo "$TORCH_VERSION" > "$STAMP"
 else
-  step "reusing $VENV (torch $have)"
+  step "reusing $VENV"
 fi
 T_DL=$((SECONDS - T_DL))
 TORCH_INFO=$("$VPY" -c "import torch; print(torch.__version__, torch.version.cuda)" 2>&1) ||
@@ -73,15 +75,9 @@ TORCH_CUDA=${TORCH_INFO#* }
 SITE=$("$VPY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 WHEELS=$("$VPY" -m pip list 2>/dev/null | awk 'tolower($1) ~ /^(torch|nvidia-|cuda-toolkit)/ {printf "%s==%s ", $1, $2}')
 
-# The CUDA library headers ATen's include (cublas_v2.h, ...) come from those nvidia-*
-# wheels: cuda_env.sh puts their include directories on CPATH.
+# The same environment as gpu_check.sh: the nvidia-* wheels' headers on CPATH (the glue
+# itself needs none of cublas_v2.h and co., but ATen/cuda/CUDAContext.h would).
 fastseq_cuda_env "$VPY"
-INCS=${CPATH:-}
-for h in cublas_v2.h cusparse.h cusolverDn.h curand.h cufft.h; do
-  found=""
-  for d in ${INCS//:/ } "$CUDA_HOME/include"; do [ -f "$d/$h" ] && found=1; done
-  [ -n "$found" ] || fail "header $h not found in the toolkit nor the nvidia wheels"
-done
 
 # ---- copy of the working tree (tracked + untracked, not ignored files) -----------------
 step "copying the working tree to $SRC"
@@ -143,7 +139,8 @@ echo "== cuda_build_check: OK"
 echo "   wheels:   $WHEELS"
 echo "   torch:    $TORCH_INFO (venv $VENV; install step ${T_DL} s)"
 echo "   nvcc:     $NVCC_VERSION ($CUDA_HOME), TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
-echo "   compiled: $(echo $SOURCES | wc -w) sources in ${T_BUILD} s:" $SOURCES
+STEPS=$(grep -c '^\[[0-9]*/[0-9]*\] ' "$LOG")
+echo "   compiled: $(echo $SOURCES | wc -w) sources, $STEPS ninja steps this run (0: all up to date), ${T_BUILD} s:" $SOURCES
 echo "   module:   $SO ($(du -h "$SO" | cut -f1))"
 echo "   link:     import OK (RTLD_NOW), built_with_cuda() True, CUDA entry points defined"
 echo "   total:    $((SECONDS - T0)) s"
