@@ -6,9 +6,17 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/fastseq-gpu}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
+# The same build environment as scripts/cuda_build_check.sh (which proves this build on a
+# machine without a GPU): CUDA_HOME from nvcc itself, the nvidia-* wheels' headers on CPATH.
+# shellcheck source=scripts/cuda_env.sh
+. scripts/cuda_env.sh
+fastseq_cuda_env "$PY"
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}  # H100/H200
 {
   nvidia-smi
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+  echo "CUDA_HOME=${CUDA_HOME:-} TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST CPATH=${CPATH:-}"
+  nvcc --version | tail -2
 } > "$OUT/machine.txt" 2>&1
 # Uses the machine's own torch (no network there): build in place with CUDA forced on and
 # run everything as `python -m ...` from the source tree (no pip install needed).

@@ -1,9 +1,11 @@
 // CUDA host glue of fused attention: tensors -> the kernels' params struct, on the current
 // stream under a device guard; the kernels themselves live in attention_kernels.cu.
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+// c10/cuda/CUDAStream.h, not ATen/cuda/CUDAContext.h: that one includes the cuBLAS, cuSPARSE and
+// cuSOLVER headers, which a toolkit of nvcc and the CUDA runtime alone lacks.
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -92,7 +94,7 @@ std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_forward_
   p.out = out.mutable_data_ptr();
   p.lse = lse.mutable_data_ptr<float>();
   p.weights = weights ? weights->mutable_data_ptr() : nullptr;
-  check_launch(ac::attention_forward(p, dtype, at::cuda::getCurrentCUDAStream()), "forward");
+  check_launch(ac::attention_forward(p, dtype, c10::cuda::getCurrentCUDAStream()), "forward");
   return {out, lse, weights};
 }
 
@@ -132,7 +134,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attent
   bp.dk = dk.mutable_data_ptr();
   bp.dv = dv.mutable_data_ptr();
   bp.dmask = dmask ? dmask->mutable_data_ptr<float>() : nullptr;
-  check_launch(ac::attention_backward(bp, dtype, at::cuda::getCurrentCUDAStream()), "backward");
+  check_launch(ac::attention_backward(bp, dtype, c10::cuda::getCurrentCUDAStream()), "backward");
   if (dmask && dmask->scalar_type() != q.scalar_type()) dmask = dmask->to(q.scalar_type());
   return {dq, dk, dv, dmask};
 }

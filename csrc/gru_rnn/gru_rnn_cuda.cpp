@@ -1,7 +1,9 @@
 // CUDA backend of the GRU / RNN steps: maps the tensor dtype to a kernel instantiation and
 // launches it on the current stream (the time loop, its cuBLAS GEMMs through ATen and the
 // device guard live in gru_rnn_loops.cpp / gru_rnn.cpp, shared with the CPU).
-#include <ATen/cuda/CUDAContext.h>
+// c10/cuda/CUDAStream.h, not ATen/cuda/CUDAContext.h: that one includes the cuBLAS, cuSPARSE and
+// cuSOLVER headers, which a toolkit of nvcc and the CUDA runtime alone lacks.
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/util/Exception.h>
 
@@ -26,22 +28,22 @@ void by_dtype(c10::ScalarType dtype, const Launch& launch) {
 }
 
 void cuda_gru_forward(c10::ScalarType dtype, const GruStepForward& step) {
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   by_dtype(dtype, [&](auto tag) { launch_gru_forward_step<decltype(tag)>(step, stream); });
 }
 
 void cuda_gru_backward(c10::ScalarType dtype, const GruStepBackward& step) {
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   by_dtype(dtype, [&](auto tag) { launch_gru_backward_step<decltype(tag)>(step, stream); });
 }
 
 void cuda_rnn_forward(c10::ScalarType dtype, const RnnStepForward& step) {
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   by_dtype(dtype, [&](auto tag) { launch_rnn_forward_step<decltype(tag)>(step, stream); });
 }
 
 void cuda_rnn_backward(c10::ScalarType dtype, const RnnStepBackward& step) {
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   by_dtype(dtype, [&](auto tag) { launch_rnn_backward_step<decltype(tag)>(step, stream); });
 }
 

@@ -1,7 +1,9 @@
 // CUDA glue of the LSTM pointwise passes: dtype mapping, the current stream, launch checks.
 // (The sequence loop and its cuBLAS GEMMs are device-generic, in lstm_layer.cpp; the device
 // guard is set by the entry points in lstm.cpp.)
-#include <ATen/cuda/CUDAContext.h>
+// c10/cuda/CUDAStream.h, not ATen/cuda/CUDAContext.h: that one includes the cuBLAS, cuSPARSE and
+// cuSOLVER headers, which a toolkit of nvcc and the CUDA runtime alone lacks.
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 
 #include "lstm/lstm_kernels.cuh"
@@ -26,12 +28,12 @@ Dtype cuda_dtype(c10::ScalarType st) {
 }  // namespace
 
 void forward_step_cuda(const ForwardStep& step, c10::ScalarType dtype) {
-  C10_CUDA_CHECK(launch_forward_step(step, cuda_dtype(dtype), at::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(launch_forward_step(step, cuda_dtype(dtype), c10::cuda::getCurrentCUDAStream()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void backward_step_cuda(const BackwardStep& step, c10::ScalarType dtype) {
-  C10_CUDA_CHECK(launch_backward_step(step, cuda_dtype(dtype), at::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(launch_backward_step(step, cuda_dtype(dtype), c10::cuda::getCurrentCUDAStream()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
