@@ -29,3 +29,10 @@ from .attention import MultiheadAttention  # noqa: E402,F401
 from .transformer import (  # noqa: E402,F401
     Transformer, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
     TransformerEncoderLayer)
+
+# ---- torch's tools see each fused layer as its torch base class (see _interop) ----
+from . import _interop  # noqa: E402
+
+_interop.register([LSTM, LSTMCell, GRU, RNN, GRUCell, RNNCell, MultiheadAttention, Transformer,
+                   TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
+                   TransformerEncoderLayer])

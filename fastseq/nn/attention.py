@@ -13,6 +13,8 @@ from torch import Tensor
 # under that name, and the from-import would return it without loading fastseq's.
 import fastseq.nn.functional as fused
 
+from ._interop import TorchTwin, use_torch_forward
+
 __all__ = ["MultiheadAttention"]
 
 
@@ -104,7 +106,7 @@ def _append_kv(k: Tensor, v: Tensor, extra_k: Tensor, extra_v: Tensor):
     return torch.cat([k, extra_k], dim=2), torch.cat([v, extra_v], dim=2)
 
 
-class MultiheadAttention(torch.nn.MultiheadAttention):
+class MultiheadAttention(TorchTwin, torch.nn.MultiheadAttention):
     """Drop-in for :class:`torch.nn.MultiheadAttention` (same arguments, parameters, init,
     state_dict, inputs and outputs); the attention runs in
     ``fastseq.nn.functional.scaled_dot_product_attention`` (``..._with_weights`` when
@@ -112,6 +114,12 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
 
     Difference from torch: with ``need_weights=True`` a query row whose keys are all
     masked gives a zero attention row (as torch's ``need_weights=False`` path does), not NaN.
+
+    Under ONNX export, torch.jit.trace and torch.func transforms (fastseq.nn._interop,
+    docs/interop.md) it runs torch.nn.MultiheadAttention's own forward, which exports as
+    ONNX MatMul/Softmax attention and composes with grad/jacrev/vmap; there the difference
+    above does not apply (torch's NaN rows). torch.jit.script scripts the equivalent
+    torch.nn.MultiheadAttention (same parameters).
     """
 
     def forward(
@@ -125,6 +133,9 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         average_attn_weights: bool = True,
         is_causal: bool = False,
     ) -> Tuple[Tensor, Optional[Tensor]]:
+        if use_torch_forward():
+            return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask,
+                                   average_attn_weights, is_causal)
         if query.is_nested or key.is_nested or value.is_nested:
             raise AssertionError("fastseq.nn.MultiheadAttention does not take NestedTensor inputs; "
                                  "pass padded tensors and a key_padding_mask")

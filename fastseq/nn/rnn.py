@@ -9,6 +9,7 @@ from torch import Tensor
 
 from .._ext import require_cuda_build
 from ..ops.lstm import lstm_cell, lstm_layer
+from ._interop import TorchTwin, use_torch_forward
 from ._recurrent import run_recurrent_stack
 
 # Dynamo refuses to trace any instance of torch.nn.RNN/GRU/LSTM (their forward calls _VF
@@ -53,7 +54,7 @@ def _fused_dtype(t: Tensor) -> bool:
     return t.dtype == torch.float16 and t.device.type == "cuda"
 
 
-class LSTM(torch.nn.LSTM):
+class LSTM(TorchTwin, torch.nn.LSTM):
     """torch.nn.LSTM with a fused forward and backward through time.
 
     Every torch.nn.LSTM feature is supported: batched / unbatched input, given or default
@@ -63,11 +64,18 @@ class LSTM(torch.nn.LSTM):
     numbers differently, so with dropout > 0 in training the masks differ from torch's
     for the same seed.
 
-    Falls back to torch.nn.LSTM's own forward (not fused) only for a dtype the kernels
-    lack: float16 on CPU.
+    Runs torch.nn.LSTM's own forward (not fused) for a dtype the kernels lack (float16 on
+    CPU), and wherever torch's tools cannot see into the fused kernels (see
+    fastseq.nn._interop and docs/interop.md): under ONNX export, where torch's forward
+    exports as the ONNX LSTM op; under torch.jit.trace; and under torch.func transforms
+    (grad, jacrev, vmap, ...). torch.jit.script scripts the equivalent torch.nn.LSTM (same
+    parameters); torch.ao.quantization.quantize_dynamic turns it into torch's dynamic
+    quantized LSTM, as it does torch.nn.LSTM.
     """
 
     def forward(self, input, hx=None):
+        if use_torch_forward():
+            return super().forward(input, hx)
         data = input.data if isinstance(input, torch.nn.utils.rnn.PackedSequence) else input
         if isinstance(data, Tensor):
             require_cuda_build(data.device)
@@ -76,14 +84,18 @@ class LSTM(torch.nn.LSTM):
         return run_recurrent_stack(self, input, hx, lstm_layer)
 
 
-class LSTMCell(torch.nn.LSTMCell):
+class LSTMCell(TorchTwin, torch.nn.LSTMCell):
     """torch.nn.LSTMCell with one fused step (two GEMMs and one pointwise pass) and a
     low-overhead eager path for decoder loops.
 
-    Falls back to torch.nn.LSTMCell's own forward only for float16 on CPU.
+    Runs torch.nn.LSTMCell's own forward for float16 on CPU and, as fastseq.nn.LSTM, under
+    ONNX export, torch.jit.trace and torch.func transforms; scripts and quantizes (dynamic)
+    as torch.nn.LSTMCell.
     """
 
     def forward(self, input: Tensor, hx=None):
+        if use_torch_forward():
+            return super().forward(input, hx)
         # This runs once per decoder step: the common case (batched, matching dtype and
         # device, given (h, c) of the right shape) costs a handful of attribute reads; any
         # miss goes to _prepare_and_run, which reports what is wrong, or normalises the

@@ -7,6 +7,7 @@ from torch import Tensor
 from .._ext import _C, require_cuda_build
 from ..ops.gru import gru_cell, gru_layer
 from ..ops.rnn import rnn_cell, rnn_layer
+from ._interop import TorchTwin, use_torch_forward
 from ._recurrent import run_recurrent_stack
 
 _NONLINEARITIES = ("tanh", "relu")
@@ -20,7 +21,10 @@ def _fused_dtype(t: Tensor) -> bool:
 
 
 def _torch_fallback(module, input) -> bool:
-    """True only for a dtype the kernels lack (float16 on CPU): torch's own forward runs it."""
+    """True for a dtype the kernels lack (float16 on CPU) and under export, tracing and
+    torch.func transforms (fastseq.nn._interop): torch's own forward runs it."""
+    if use_torch_forward():
+        return True
     data = input.data if isinstance(input, torch.nn.utils.rnn.PackedSequence) else input
     if not isinstance(data, Tensor):
         return False
@@ -28,13 +32,17 @@ def _torch_fallback(module, input) -> bool:
     return data.is_floating_point() and data.dtype == module.weight_ih_l0.dtype and not _fused_dtype(data)
 
 
-class GRU(torch.nn.GRU):
+class GRU(TorchTwin, torch.nn.GRU):
     """torch.nn.GRU with a fused forward and backward through time.
 
     Supports everything torch.nn.GRU does: batched / unbatched input, given or default h_0,
     PackedSequence in and out, bidirectional, num_layers, batch_first, bias=False and
     inter-layer dropout (torch's semantics; the random masks differ from torch's for the
-    same seed). Falls back to torch.nn.GRU's own forward only for float16 on CPU.
+    same seed). Runs torch.nn.GRU's own forward for float16 on CPU and wherever torch's tools
+    cannot see into the fused kernels (fastseq.nn._interop, docs/interop.md): under ONNX
+    export (it exports as the ONNX GRU op), torch.jit.trace and torch.func transforms.
+    torch.jit.script scripts the equivalent torch.nn.GRU; quantize_dynamic gives torch's
+    dynamic quantized GRU.
     """
 
     def forward(self, input, hx=None):
@@ -43,9 +51,10 @@ class GRU(torch.nn.GRU):
         return run_recurrent_stack(self, input, hx, gru_layer)
 
 
-class RNN(torch.nn.RNN):
+class RNN(TorchTwin, torch.nn.RNN):
     """torch.nn.RNN (nonlinearity 'tanh' or 'relu') with a fused forward and backward
-    through time; same coverage and fallback as fastseq.nn.GRU."""
+    through time; same coverage and fallbacks as fastseq.nn.GRU (ONNX export gives the ONNX
+    RNN op). quantize_dynamic leaves it float, as it leaves torch.nn.RNN."""
 
     def forward(self, input, hx=None):
         if self.nonlinearity not in _NONLINEARITIES:
@@ -108,12 +117,15 @@ def _raise_bad_cell_input(cell, input):
                        f"{cell.input_size}, got {input.size(-1)}")
 
 
-class GRUCell(torch.nn.GRUCell):
+class GRUCell(TorchTwin, torch.nn.GRUCell):
     """torch.nn.GRUCell with one fused step (two GEMMs and one pointwise pass) and a
-    low-overhead eager path for decoder loops. Falls back to torch's forward only for
-    float16 on CPU."""
+    low-overhead eager path for decoder loops. Runs torch's forward for float16 on CPU and,
+    as fastseq.nn.GRU, under ONNX export, torch.jit.trace and torch.func transforms; scripts
+    and quantizes (dynamic) as torch.nn.GRUCell."""
 
     def forward(self, input: Tensor, hx=None) -> Tensor:
+        if use_torch_forward():
+            return super().forward(input, hx)
         checked = _cell_inputs(self, input, hx)
         if checked is None:
             return super().forward(input, hx)
@@ -122,10 +134,13 @@ class GRUCell(torch.nn.GRUCell):
         return h if batched else h.squeeze(0)
 
 
-class RNNCell(torch.nn.RNNCell):
-    """torch.nn.RNNCell (tanh or relu) with one fused step; as fastseq.nn.GRUCell."""
+class RNNCell(TorchTwin, torch.nn.RNNCell):
+    """torch.nn.RNNCell (tanh or relu) with one fused step; as fastseq.nn.GRUCell (same
+    torch-forward fallbacks, scripting and dynamic quantization as torch.nn.RNNCell)."""
 
     def forward(self, input: Tensor, hx=None) -> Tensor:
+        if use_torch_forward():
+            return super().forward(input, hx)
         if self.nonlinearity not in _NONLINEARITIES:  # RuntimeError, as torch.nn.RNNCell raises
             raise RuntimeError(f"{type(self).__name__}: nonlinearity must be 'tanh' or 'relu', "
                                f"got {self.nonlinearity!r}")

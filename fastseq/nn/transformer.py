@@ -1,12 +1,17 @@
 """Drop-in Transformer, TransformerEncoder/Decoder(Layer): torch's classes (same arguments,
 parameters, init, RNG draws, state_dict) whose attention is fastseq.nn.MultiheadAttention,
-and which never take torch's native fast path (_transformer_encoder_layer_fwd, nested tensors)."""
+and which never take torch's native fast path (_transformer_encoder_layer_fwd, nested tensors).
+
+Their own code is plain torch ops around fastseq.nn.MultiheadAttention, which switches to
+torch's attention under ONNX export, tracing and torch.func (fastseq.nn._interop), so they
+export and compose as torch's do; torch.jit.script scripts the torch twins (TorchTwin)."""
 from typing import Any, Callable, Optional, Union
 
 import torch
 import torch.nn.functional as torch_F
 from torch import Tensor
 
+from ._interop import TorchTwin
 from .attention import MultiheadAttention, reconcile_mask_types
 
 __all__ = ["Transformer", "TransformerEncoder", "TransformerDecoder",
@@ -40,7 +45,7 @@ def _detect_is_causal_mask(mask: Optional[Tensor], is_causal: Optional[bool], si
     return bool((mask == causal).all())
 
 
-class TransformerEncoderLayer(torch.nn.TransformerEncoderLayer):
+class TransformerEncoderLayer(TorchTwin, torch.nn.TransformerEncoderLayer):
     """Drop-in for :class:`torch.nn.TransformerEncoderLayer`; self-attention in fastseq."""
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
@@ -66,7 +71,7 @@ class TransformerEncoderLayer(torch.nn.TransformerEncoderLayer):
         return x
 
 
-class TransformerDecoderLayer(torch.nn.TransformerDecoderLayer):
+class TransformerDecoderLayer(TorchTwin, torch.nn.TransformerDecoderLayer):
     """Drop-in for :class:`torch.nn.TransformerDecoderLayer`; both attentions in fastseq.
     torch's forward has no fast path and calls self.self_attn / self.multihead_attn, so it
     is inherited unchanged."""
@@ -81,7 +86,7 @@ class TransformerDecoderLayer(torch.nn.TransformerDecoderLayer):
         self.multihead_attn = _adopt_attention(self.multihead_attn)
 
 
-class TransformerEncoder(torch.nn.TransformerEncoder):
+class TransformerEncoder(TorchTwin, torch.nn.TransformerEncoder):
     """Drop-in for :class:`torch.nn.TransformerEncoder`. ``enable_nested_tensor`` is kept as
     an attribute for compatibility but nested tensors are never used: padding is handled by
     the key_padding_mask inside fastseq's kernel (padded positions therefore get the same
@@ -111,12 +116,12 @@ class TransformerEncoder(torch.nn.TransformerEncoder):
         return output
 
 
-class TransformerDecoder(torch.nn.TransformerDecoder):
+class TransformerDecoder(TorchTwin, torch.nn.TransformerDecoder):
     """Drop-in for :class:`torch.nn.TransformerDecoder` (torch's forward has no fast path;
     the layers are clones of the given, normally fastseq, decoder layer)."""
 
 
-class Transformer(torch.nn.Transformer):
+class Transformer(TorchTwin, torch.nn.Transformer):
     """Drop-in for :class:`torch.nn.Transformer`, built from fastseq's encoder and decoder
     layers. The constructor repeats torch's (same modules, same order, same RNG draws, the
     same final xavier_uniform_ of every matrix), since torch's builds torch's layers."""
