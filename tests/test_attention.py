@@ -453,3 +453,38 @@ def test_backward_split_over_key_tiles(Hq, Hk):
         check_against_torch(q, k, v, enable_gqa=True, attn_mask=mask)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("L,S,E,Ev,causal,mask", [
+    (67, 131, 64, 64, False, None), (300, 700, 40, 24, True, None),
+    (1030, 600, 64, 64, False, "bool"), (100, 513, 80, 80, True, "add"),
+    (600, 600, 96, 96, True, None), (16, 1100, 32, 32, False, "pad"),
+    (200, 90, 64, 64, True, "bool"),
+])
+def test_float32_tiled_forward_close_to_float64(L, S, E, Ev, causal, mask):
+    # float32 forwards of these sizes take the brgemm tile path (query tiles of 32-256 rows,
+    # key tiles of 512, causal tiles cut per row); float64 is the reference.
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 2, L, E), torch.randn(2, 2, S, E), torch.randn(2, 2, S, Ev)
+    m = None
+    if mask == "bool":
+        m = torch.rand(L, S) > 0.3
+        m[3] = False  # a fully masked row: zeros
+    elif mask == "add":
+        m = torch.randn(2, 1, L, S)
+    elif mask == "pad":
+        m = torch.ones(2, 1, 1, S, dtype=torch.bool)
+        m[1, ..., 700:] = False
+    out = FF.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal)
+    md = m.double() if m is not None and m.dtype != torch.bool else m
+    if causal and m is not None:  # torch's math kernel takes one or the other: combine them
+        tril = torch.ones(L, S, dtype=torch.bool).tril()
+        md = md & tril if md.dtype == torch.bool else md.masked_fill(~tril, float("-inf"))
+    ref = torch_sdpa(q.double(), k.double(), v.double(), attn_mask=md,
+                     is_causal=causal and m is None)
+    if mask == "bool":
+        ref[:, :, 3] = 0
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=0)
+    q[0, 1, 5, 3] = float("nan")
+    out = FF.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal)
+    assert out[0, 1, 5].isnan().all() and not out[0, 0].isnan().any()

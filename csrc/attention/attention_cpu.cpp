@@ -5,6 +5,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/ScalarType.h>
@@ -268,6 +269,241 @@ class ThreadScratch {
   int64_t per_thread_ = 0;
   at::Tensor buffer_;
 };
+
+// ---------------------------------------------------------------------------------------------
+// oneDNN's brgemm micro-kernels (what torch's own CPU flash attention calls): row-major
+// C[M, N] (+)= A[M, K] B[K, N] with leading dimensions, no alpha. float32 tiles go through them
+// where oneDNN's ukernel API serves this CPU (x86-64 with AVX-512); FASTSEQ_ATTN_GEMM=blas or
+// =tile keeps the older paths (tests cover them).
+
+namespace cpublas = at::native::cpublas;
+
+bool brgemm_usable() {
+  static const bool ok = [] {
+    const char* v = std::getenv("FASTSEQ_ATTN_GEMM");
+    if (v && (std::strcmp(v, "blas") == 0 || std::strcmp(v, "tile") == 0)) return false;
+    try {
+      float a[16] = {1.f}, b[16 * 16] = {}, c[16 * 16];
+      b[0] = 2.f;
+      cpublas::brgemm(1, 16, 1, 1, 16, 16, false, a, b, c, false);
+      cpublas::brgemm_release(false);
+      return c[0] == 2.f;
+    } catch (...) {
+      return false;
+    }
+  }();
+  return ok;
+}
+
+// A leading dimension for n floats: a multiple of 16 floats plus 16, so that rows of a tile
+// never sit a power of two apart (cache-set conflicts).
+inline int64_t padded_ld(int64_t n) { return (n + 15) / 16 * 16 + 16; }
+
+// Query rows per forward task: bigger tiles amortise each key/value tile over more rows; the
+// score tile (rows x key block floats) stays well inside a 2 MB L2.
+const int64_t kBrBlockQ = tile_size("FASTSEQ_ATTN_BR_BLOCK_Q", 0);  // 0: by L
+const int64_t kBrBlockK = tile_size("FASTSEQ_ATTN_BR_BLOCK_K", 512);
+inline int64_t br_block_q(int64_t L) {
+  if (kBrBlockQ > 0) return kBrBlockQ;
+  return L >= 768 ? 256 : (L >= 192 ? 64 : 32);
+}
+
+typedef float f32x16 __attribute__((vector_size(64)));
+
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+
+inline f32x16 load16(const float* p) {
+  f32x16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void store16(float* p, f32x16 v) { std::memcpy(p, &v, sizeof(v)); }
+
+// attention_math::fast_exp on 16 lanes at once, operation for operation (the same results):
+// gcc vectorises the scalar form only at 256 bits, with masked blends.
+inline f32x16 fast_exp16(f32x16 x) {
+  const f32x16 t = x * 1.4426950408889634f;
+  f32x16 tc = t < -126.f ? f32x16{} - 126.f : t;
+  tc = tc > 127.f ? f32x16{} + 127.f : tc;
+  const f32x16 n = (tc + 12582912.f) - 12582912.f;
+  const f32x16 f = tc - n;
+  f32x16 p = f * 1.5353362e-4f + 1.3398874e-3f;
+  p = p * f + 9.6182299e-3f;
+  p = p * f + 5.5503324e-2f;
+  p = p * f + 2.4022648e-1f;
+  p = p * f + 6.9314718e-1f;
+  p = p * f + 1.0f;
+  const i32x16 bits = (__builtin_convertvector(n, i32x16) + 127) << 23;
+  f32x16 scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  const f32x16 r = p * scale;
+  return t < -126.f ? f32x16{} : r;
+}
+
+// Maximum of n floats.
+inline float max16(const float* s, int64_t n) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  f32x16 acc = f32x16{} + ninf;
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const f32x16 x = load16(s + j);
+    acc = acc > x ? acc : x;
+  }
+  float m = ninf;
+  for (int l = 0; l < 16; ++l) m = m > acc[l] ? m : acc[l];
+  for (; j < n; ++j) m = m > s[j] ? m : s[j];
+  return m;
+}
+
+// s[j] <- exp(s[j] * scale - shift) over n floats; returns their sum.
+inline float exp_sum16(float* s, int64_t n, float scale, float shift) {
+  f32x16 acc{};
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const f32x16 p = fast_exp16(load16(s + j) * scale - shift);
+    store16(s + j, p);
+    acc += p;
+  }
+  float sum = 0.f;
+  for (int l = 0; l < 16; ++l) sum += acc[l];
+  for (; j < n; ++j) {
+    s[j] = am::fast_exp(s[j] * scale - shift);
+    sum += s[j];
+  }
+  return sum;
+}
+
+// s[j] *= scale over n floats; returns the maximum of the scaled values.
+inline float scale_and_max(float* s, int64_t n, float scale) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  f32x16 acc;
+  for (int l = 0; l < 16; ++l) acc[l] = ninf;
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    f32x16 x;
+    std::memcpy(&x, s + j, sizeof(x));
+    x *= scale;
+    std::memcpy(s + j, &x, sizeof(x));
+    acc = acc > x ? acc : x;
+  }
+  float m = ninf;
+  for (int l = 0; l < 16; ++l) m = m > acc[l] ? m : acc[l];
+  for (; j < n; ++j) {
+    s[j] *= scale;
+    m = m > s[j] ? m : s[j];
+  }
+  return m;
+}
+
+// float32 forward without a weights output, for L >= kMinRowsToPack: per task (batch, head,
+// query tile) the score tile Q K^T comes from one brgemm against the head's K^T (transposed
+// once per thread and head, kept while the thread's consecutive tasks stay on that head),
+// is scaled, masked and folded into the online softmax while it is in L1/L2, and P V is a
+// second brgemm accumulating into the output tile.
+void forward_brgemm(const Problem<float>& P, float* out, float* lse) {
+  const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev;
+  const int64_t Bq = std::min(br_block_q(L), L);
+  const int64_t Bk = std::max<int64_t>(1, std::min(kBrBlockK, S));
+  const int64_t lds = padded_ld(Bk), ldkt = padded_ld(S);
+  const int64_t n_q_tiles = (L + Bq - 1) / Bq;
+  const bool dropout = P.dropout_p > 0.f;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const ThreadScratch<float> scratch({Bq * lds, Bq * Ev, Bq, Bq, E * ldkt});
+  at::parallel_for(0, P.B * P.Hq * n_q_tiles, 1, [&](int64_t begin, int64_t end) {
+    float* const s = scratch.get(0);
+    float* const o = scratch.get(1);
+    float* const m_run = scratch.get(2);
+    float* const l_run = scratch.get(3);
+    float* const kt = scratch.get(4);
+    int64_t cached_head = -1, packed_upto = 0;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t qt = task % n_q_tiles, bh = task / n_q_tiles;
+      const int64_t h = bh % P.Hq, b = bh / P.Hq, hk = h / P.group;
+      const int64_t q0 = qt * Bq, nq = std::min(Bq, L - q0);
+      const float* qa = P.q + b * P.q_sb + h * P.q_sh + q0 * P.q_sl;
+      const float* k_head = P.k + b * P.k_sb + hk * P.k_sh;
+      const float* v_head = P.v + b * P.v_sb + hk * P.v_sh;
+      const int64_t kv_end = P.causal ? std::min(S, q0 + nq) : S;
+      if (b * P.Hk + hk != cached_head) {
+        cached_head = b * P.Hk + hk;
+        packed_upto = 0;
+      }
+      if (packed_upto < kv_end) {
+        tile_gemm::transpose<float>(kv_end - packed_upto, E, k_head + packed_upto * P.k_ss, P.k_ss,
+                                    kt + packed_upto, ldkt);
+        packed_upto = kv_end;
+      }
+      std::fill(m_run, m_run + nq, ninf);
+      std::fill(l_run, l_run + nq, 0.f);
+      for (int64_t k0 = 0; k0 < kv_end; k0 += Bk) {
+        const int64_t nk = std::min(Bk, kv_end - k0);
+        cpublas::brgemm(nq, nk, E, P.q_sl, ldkt, lds, false, qa, kt + k0, s, false);
+        // Causal: only a tile reaching past its first row's diagonal cuts rows short.
+        const bool causal_cut = P.causal && k0 + nk - 1 > q0;
+        for (int64_t r = 0; r < nq; ++r) {
+          const int64_t i = q0 + r;
+          float* srow = s + r * lds;
+          const int64_t n = causal_cut ? std::clamp<int64_t>(i + 1 - k0, 0, nk) : nk;
+          // Unmasked with a positive scale, the scale folds into the exponent: max(scale * s)
+          // is scale * max(s) exactly (rounding is monotonic), and the tile is read twice,
+          // written once.
+          const bool fold = P.mask_kind == MaskKind::kNone && P.scale > 0.f;
+          float mx;
+          if (fold) {
+            mx = P.scale * max16(srow, n);
+          } else {
+            mx = scale_and_max(srow, n, P.scale);
+            if (P.mask_kind != MaskKind::kNone) {
+              mask_score_row(P, b, h, i, k0, n, srow);
+              mx = max16(srow, n);
+            }
+          }
+          const auto step = am::online_softmax_step(m_run[r], mx);
+          const float sum =
+              exp_sum16(srow, n, fold ? P.scale : 1.f, am::softmax_shift(step.m_new));
+          std::fill(srow + n, srow + nk, 0.f);
+          l_run[r] = l_run[r] * step.rescale + sum;
+          m_run[r] = step.m_new;
+          float* orow = o + r * Ev;
+          if (k0 == 0) {
+            std::fill(orow, orow + Ev, 0.f);
+          } else if (step.rescale != 1.f) {
+#pragma omp simd
+            for (int64_t e = 0; e < Ev; ++e) orow[e] *= step.rescale;
+          }
+          if (dropout) apply_dropout_row(P, P.dropout_row(b, h, i), k0, nk, srow);
+        }
+        cpublas::brgemm(nq, Ev, nk, lds, P.v_ss, Ev, true, s, v_head + k0 * P.v_ss, o, false);
+      }
+      for (int64_t r = 0; r < nq; ++r) {
+        const int64_t row = (b * P.Hq + h) * L + q0 + r;
+        const float inv = am::inverse_row_sum(l_run[r]);
+        float* dst = out + row * Ev;
+        const float* src = o + r * Ev;
+        if (kv_end == 0) {
+          std::fill(dst, dst + Ev, 0.f);
+        } else {
+#pragma omp simd
+          for (int64_t e = 0; e < Ev; ++e) dst[e] = src[e] * inv;
+        }
+        lse[row] = am::row_logsumexp(m_run[r], l_run[r]);
+      }
+    }
+    cpublas::brgemm_release(false);
+  });
+}
+
+// The brgemm forward where it applies (float32, brgemm usable): true when it ran.
+template <typename scalar_t>
+bool try_forward_brgemm(const Problem<scalar_t>&, scalar_t*, acc_type<scalar_t>*) {
+  return false;
+}
+template <>
+bool try_forward_brgemm<float>(const Problem<float>& P, float* out, float* lse) {
+  if (!brgemm_usable()) return false;
+  forward_brgemm(P, out, lse);
+  return true;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Forward. One task = one (batch, head, query tile); each keeps its tile's running max, sum
@@ -628,6 +864,10 @@ std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_forward_
   if (out.numel() == 0 && lse.numel() == 0) return {out, lse, weights};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attention_forward_cpu", [&] {
     const auto P = make_problem<scalar_t>(q, k, v, attn_mask, dropout_p, is_causal, scale, seed);
+    if (!return_weights && L >= kMinRowsToPack &&
+        try_forward_brgemm(P, out.mutable_data_ptr<scalar_t>(),
+                           lse.mutable_data_ptr<acc_type<scalar_t>>()))
+      return;
     forward_kernel<scalar_t>(P, out.mutable_data_ptr<scalar_t>(),
                              lse.mutable_data_ptr<acc_type<scalar_t>>(),
                              weights ? weights->mutable_data_ptr<scalar_t>() : nullptr);
