@@ -488,3 +488,37 @@ def test_float32_tiled_forward_close_to_float64(L, S, E, Ev, causal, mask):
     q[0, 1, 5, 3] = float("nan")
     out = FF.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal)
     assert out[0, 1, 5].isnan().all() and not out[0, 0].isnan().any()
+
+
+@pytest.mark.parametrize("Hq,Hk,L,S,E,Ev,causal,mask", [
+    (2, 2, 67, 131, 64, 64, False, None), (4, 2, 300, 200, 40, 24, True, None),
+    (2, 1, 130, 600, 64, 32, False, "bool"), (2, 2, 100, 257, 80, 80, True, "add"),
+    (2, 2, 16, 900, 32, 32, False, "pad"), (1, 1, 45, 700, 16, 8, False, None),
+])
+def test_float32_tiled_backward_close_to_float64(Hq, Hk, L, S, E, Ev, causal, mask):
+    # float32 gradients on the brgemm tile path (L >= 16) against float64's.
+    torch.manual_seed(0)
+    q = torch.randn(2, Hq, L, E, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, Hk, S, E, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, Hk, S, Ev, dtype=torch.float64, requires_grad=True)
+    m = None
+    if mask == "bool":
+        m = torch.rand(L, S) > 0.3
+        m[:, 0] = True
+    elif mask == "add":
+        m = torch.randn(2, 1, L, S, dtype=torch.float64, requires_grad=True)
+    elif mask == "pad":
+        m = torch.ones(2, 1, 1, S, dtype=torch.bool)
+        m[1, ..., 500:] = False
+    ins = [q, k, v] + ([m] if mask == "add" else [])
+    kw = dict(is_causal=causal, enable_gqa=Hq != Hk)
+    ref = FF.scaled_dot_product_attention(q, k, v, attn_mask=m, **kw)
+    g = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, ins, g)
+    ins32 = [t.detach().float().requires_grad_() for t in ins]
+    m32 = ins32[3] if mask == "add" else m
+    out = FF.scaled_dot_product_attention(*ins32[:3], attn_mask=m32, **kw)
+    got = torch.autograd.grad(out, ins32, g.float())
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=0)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=1e-4)

@@ -800,6 +800,188 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
   }
 }
 
+// float32 backward through brgemm: the same tasks and formulas as backward_kernel, with every
+// tile product in brgemm's row-major C (+)= A B form. Per (batch, key head) unit, Q^T and dO^T
+// of its query heads are transposed once; per key tile, K^T and V^T once. dK and dV accumulate
+// transposed (dK^T += Q^T dS, dV^T += dO^T P: both operands as they are) and are transposed
+// back when the key tile is done; dS carries the scale.
+const int64_t kBrBlockQB = tile_size("FASTSEQ_ATTN_BR_BLOCK_Q_BWD", 64);
+const int64_t kBrBlockKB = tile_size("FASTSEQ_ATTN_BR_BLOCK_K_BWD", 128);
+
+void backward_brgemm(const Problem<float>& P, const BackwardIO<float>& io) {
+  const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev, G = P.group;
+  const int64_t Bq = std::max<int64_t>(1, std::min(kBrBlockQB, L));
+  const int64_t Bk = std::max<int64_t>(1, std::min<int64_t>(kBrBlockKB, S));
+  const int64_t ldk = padded_ld(Bk), ldl = padded_ld(L);
+  const bool dropout = P.dropout_p > 0.f;
+  const float scale = P.scale;
+
+  const int64_t units = P.B * P.Hk;
+  const int64_t n_kv_tiles = (S + Bk - 1) / Bk;
+  const int64_t threads = at::get_num_threads();
+  const int64_t splits =
+      units >= threads ? 1 : std::max<int64_t>(1, std::min(n_kv_tiles, (threads + units - 1) / units));
+  const int64_t tiles_per_split = splits > 1 ? (n_kv_tiles + splits - 1) / splits : n_kv_tiles;
+  const int64_t dq_per_unit = G * L * E;
+  at::Tensor dq_partial;
+  if (splits > 1) dq_partial = at::empty({splits, units, dq_per_unit}, at::TensorOptions().dtype(at::kFloat));
+
+  const ThreadScratch<float> scratch({G * L, splits > 1 ? 0 : dq_per_unit, G * E * ldl,
+                                      G * Ev * ldl, E * ldk, Ev * ldk, E * ldk, Ev * ldk,
+                                      Bq * ldk, Bq * ldk, dropout ? Bq * ldk : 0});
+  at::parallel_for(0, units * splits, 1, [&](int64_t begin, int64_t end) {
+    float* const d_row = scratch.get(0);
+    float* const dq_scratch = scratch.get(1);
+    float* const qt_all = scratch.get(2);
+    float* const dot_all = scratch.get(3);
+    float* const kt = scratch.get(4);
+    float* const vt = scratch.get(5);
+    float* const dkt = scratch.get(6);
+    float* const dvt = scratch.get(7);
+    float* const p = scratch.get(8);
+    float* const dp = scratch.get(9);
+    float* const pd = scratch.get(10);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t unit = task / splits, split = task % splits;
+      const int64_t b = unit / P.Hk, hk = unit % P.Hk;
+      float* const dq_acc = splits > 1 ? dq_partial.data_ptr<float>() + (split * units + unit) * dq_per_unit
+                                       : dq_scratch;
+      const int64_t k_begin = split * tiles_per_split * Bk;
+      const int64_t k_end = std::min(S, (split + 1) * tiles_per_split * Bk);
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t h = hk * G + g, bh = b * P.Hq + h;
+        const float* qh = P.q + b * P.q_sb + h * P.q_sh;
+        const float* doh = io.grad_out + bh * L * Ev;
+        tile_gemm::transpose<float>(L, E, qh, P.q_sl, qt_all + g * E * ldl, ldl);
+        tile_gemm::transpose<float>(L, Ev, doh, Ev, dot_all + g * Ev * ldl, ldl);
+        for (int64_t i = 0; i < L; ++i) {
+          const float* orow = io.out + (bh * L + i) * Ev;
+          const float* dorow = doh + i * Ev;
+          float d = 0;
+#pragma omp simd reduction(+ : d)
+          for (int64_t e = 0; e < Ev; ++e) d += dorow[e] * orow[e];
+          if (io.grad_weights) {
+            const float* w = io.weights + (bh * L + i) * S;
+            const float* dw = io.grad_weights + (bh * L + i) * S;
+            for (int64_t j = 0; j < S; ++j) d += w[j] * dw[j];
+          }
+          d_row[g * L + i] = d;
+        }
+      }
+      std::fill(dq_acc, dq_acc + G * L * E, 0.f);
+      const float* k_head = P.k + b * P.k_sb + hk * P.k_sh;
+      const float* v_head = P.v + b * P.v_sb + hk * P.v_sh;
+
+      for (int64_t k0 = k_begin; k0 < k_end; k0 += Bk) {
+        const int64_t nk = std::min(Bk, k_end - k0);
+        const float* ka = k_head + k0 * P.k_ss;
+        const float* va = v_head + k0 * P.v_ss;
+        tile_gemm::transpose<float>(nk, E, ka, P.k_ss, kt, ldk);
+        tile_gemm::transpose<float>(nk, Ev, va, P.v_ss, vt, ldk);
+        bool first = true;  // dK^T, dV^T not yet written for this key tile
+        const int64_t q_begin = P.causal ? (k0 / Bq) * Bq : 0;
+        for (int64_t g = 0; g < G; ++g) {
+          const int64_t h = hk * G + g, bh = b * P.Hq + h;
+          const float* qh = P.q + b * P.q_sb + h * P.q_sh;
+          const float* doh = io.grad_out + bh * L * Ev;
+          for (int64_t q0 = q_begin; q0 < L; q0 += Bq) {
+            const int64_t nq = std::min(Bq, L - q0);
+            cpublas::brgemm(nq, nk, E, P.q_sl, ldk, ldk, false, qh + q0 * P.q_sl, kt, p, false);
+            const bool causal_cut = P.causal && k0 + nk - 1 > q0;
+            for (int64_t r = 0; r < nq; ++r) {
+              const int64_t i = q0 + r;
+              float* prow = p + r * ldk;
+              const int64_t n = causal_cut ? std::clamp<int64_t>(i + 1 - k0, 0, nk) : nk;
+              const float l = io.lse[bh * L + i];
+              if (P.mask_kind == MaskKind::kNone) {
+                exp_sum16(prow, n, scale, l);
+              } else {
+#pragma omp simd
+                for (int64_t j = 0; j < n; ++j) prow[j] *= scale;
+                mask_score_row(P, b, h, i, k0, n, prow);
+                exp_sum16(prow, n, 1.f, l);
+              }
+              std::fill(prow + n, prow + nk, 0.f);
+            }
+            const float* pv = p;
+            if (dropout) {
+              for (int64_t r = 0; r < nq; ++r) {
+                std::copy(p + r * ldk, p + r * ldk + nk, pd + r * ldk);
+                apply_dropout_row(P, P.dropout_row(b, h, q0 + r), k0, nk, pd + r * ldk);
+              }
+              pv = pd;
+            }
+            // dV^T += dO^T Pd ; dP = dO V^T
+            cpublas::brgemm(Ev, nk, nq, ldl, ldk, ldk, !first, dot_all + g * Ev * ldl + q0, pv,
+                            dvt, false);
+            cpublas::brgemm(nq, nk, Ev, Ev, ldk, ldk, false, doh + q0 * Ev, vt, dp, false);
+            for (int64_t r = 0; r < nq; ++r) {
+              const int64_t i = q0 + r;
+              float* dprow = dp + r * ldk;
+              const float* prow = p + r * ldk;
+              if (io.grad_weights) {
+                const float* dw = io.grad_weights + (bh * L + i) * S + k0;
+                for (int64_t j = 0; j < nk; ++j) dprow[j] += dw[j];
+              }
+              if (dropout) apply_dropout_row(P, P.dropout_row(b, h, i), k0, nk, dprow);
+              const float d = d_row[g * L + i];
+              if (io.dmask) {
+                float* dm = io.dmask + (bh * L + i) * S + k0;
+#pragma omp simd
+                for (int64_t j = 0; j < nk; ++j) {
+                  const float ds = am::softmax_grad(prow[j], dprow[j], d);
+                  dm[j] = ds;
+                  dprow[j] = ds * scale;
+                }
+              } else {
+#pragma omp simd
+                for (int64_t j = 0; j < nk; ++j) dprow[j] = am::softmax_grad(prow[j], dprow[j], d) * scale;
+              }
+            }
+            // dQ += dS K ; dK^T += Q^T dS  (dS already scaled)
+            cpublas::brgemm(nq, E, nk, ldk, P.k_ss, E, true, dp, ka, dq_acc + (g * L + q0) * E, false);
+            cpublas::brgemm(E, nk, nq, ldl, ldk, ldk, !first, qt_all + g * E * ldl + q0, dp, dkt, false);
+            first = false;
+          }
+        }
+        float* dk_dst = io.dk + ((b * P.Hk + hk) * S + k0) * E;
+        float* dv_dst = io.dv + ((b * P.Hk + hk) * S + k0) * Ev;
+        if (first) {  // no query row sees these keys
+          std::fill(dk_dst, dk_dst + nk * E, 0.f);
+          std::fill(dv_dst, dv_dst + nk * Ev, 0.f);
+        } else {
+          tile_gemm::transpose<float>(E, nk, dkt, ldk, dk_dst, E);
+          tile_gemm::transpose<float>(Ev, nk, dvt, ldk, dv_dst, Ev);
+        }
+      }
+      if (splits == 1) std::copy(dq_acc, dq_acc + dq_per_unit, io.dq + unit * dq_per_unit);
+    }
+    cpublas::brgemm_release(false);
+  });
+  if (splits > 1) {
+    const float* partial = dq_partial.const_data_ptr<float>();
+    const int64_t n = units * dq_per_unit;
+    at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t x = begin; x < end; ++x) {
+        float sum = 0;
+        for (int64_t sp = 0; sp < splits; ++sp) sum += partial[sp * n + x];
+        io.dq[x] = sum;
+      }
+    });
+  }
+}
+
+template <typename scalar_t>
+bool try_backward_brgemm(const Problem<scalar_t>&, const BackwardIO<scalar_t>&) {
+  return false;
+}
+template <>
+bool try_backward_brgemm<float>(const Problem<float>& P, const BackwardIO<float>& io) {
+  if (!brgemm_usable() || P.L < kMinRowsToPack) return false;
+  backward_brgemm(P, io);
+  return true;
+}
+
 // ---------------------------------------------------------------------------------------------
 
 // BLAS needs unit stride along a row and a row stride covering the row.
@@ -908,7 +1090,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attent
       io.dk = dk.mutable_data_ptr<scalar_t>();
       io.dv = dv.mutable_data_ptr<scalar_t>();
       io.dmask = dmask ? dmask->mutable_data_ptr<acc_t>() : nullptr;
-      backward_kernel<scalar_t>(P, io);
+      if (!try_backward_brgemm(P, io)) backward_kernel<scalar_t>(P, io);
     });
   }
   if (dmask && dmask->scalar_type() != q.scalar_type()) dmask = dmask->to(q.scalar_type());
