@@ -494,6 +494,7 @@ def test_float32_tiled_forward_close_to_float64(L, S, E, Ev, causal, mask):
     (2, 2, 67, 131, 64, 64, False, None), (4, 2, 300, 200, 40, 24, True, None),
     (2, 1, 130, 600, 64, 32, False, "bool"), (2, 2, 100, 257, 80, 80, True, "add"),
     (2, 2, 16, 900, 32, 32, False, "pad"), (1, 1, 45, 700, 16, 8, False, None),
+    (2, 2, 200, 700, 32, 32, False, "block"), (2, 2, 200, 700, 32, 32, True, "addblock"),
 ])
 def test_float32_tiled_backward_close_to_float64(Hq, Hk, L, S, E, Ev, causal, mask):
     # float32 gradients on the brgemm tile path (L >= 16) against float64's.
@@ -510,13 +511,23 @@ def test_float32_tiled_backward_close_to_float64(Hq, Hk, L, S, E, Ev, causal, ma
     elif mask == "pad":
         m = torch.ones(2, 1, 1, S, dtype=torch.bool)
         m[1, ..., 500:] = False
-    ins = [q, k, v] + ([m] if mask == "add" else [])
+    elif mask in ("block", "addblock"):
+        # Whole tiles open or closed (skipped, or run unmasked), a few mixed.
+        m = torch.zeros(L, S, dtype=torch.bool)
+        m[:, :300] = True
+        m[L // 2:] = True
+        m[7, 400] = True
+        if mask == "addblock":
+            m = torch.zeros(L, S, dtype=torch.float64).masked_fill(~m, float("-inf"))
+            m[:, 5] = 0.5
+            m.requires_grad_()
+    ins = [q, k, v] + ([m] if mask in ("add", "addblock") else [])
     kw = dict(is_causal=causal, enable_gqa=Hq != Hk)
     ref = FF.scaled_dot_product_attention(q, k, v, attn_mask=m, **kw)
     g = torch.randn_like(ref)
     want = torch.autograd.grad(ref, ins, g)
     ins32 = [t.detach().float().requires_grad_() for t in ins]
-    m32 = ins32[3] if mask == "add" else m
+    m32 = ins32[3] if mask in ("add", "addblock") else m
     out = FF.scaled_dot_product_attention(*ins32[:3], attn_mask=m32, **kw)
     got = torch.autograd.grad(out, ins32, g.float())
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=0)

@@ -395,6 +395,47 @@ inline float scale_and_max(float* s, int64_t n, float scale) {
   return m;
 }
 
+// How attn_mask treats a (query tile, key tile): every pair attends (run it unmasked), none
+// does (skip it), or some (read the mask). Read once per tile and task: a row-independent mask
+// (key padding, m_sl = 0) reads one row; anything else (NaN, finite additive entries) is mixed.
+enum class TileMask { kOpen, kClosed, kMixed };
+
+template <typename scalar_t>
+TileMask classify_tile(const Problem<scalar_t>& P, int64_t b, int64_t h, int64_t q0, int64_t nq,
+                       int64_t k0, int64_t nk) {
+  if (P.mask_kind == MaskKind::kNone) return TileMask::kOpen;
+  const int64_t rows = P.m_sl == 0 ? 1 : nq;
+  bool open = false, closed = false;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t off = b * P.m_sb + h * P.m_sh + (q0 + r) * P.m_sl + k0 * P.m_ss;
+    if (P.mask_kind == MaskKind::kBool) {
+      const uint8_t* m = P.mask_bool + off;
+      uint8_t any = 0, all = 1;
+      for (int64_t j = 0; j < nk; ++j) {
+        const uint8_t x = m[j * P.m_ss] != 0;
+        any |= x;
+        all &= x;
+      }
+      open |= any != 0;
+      closed |= all == 0;
+    } else {
+      const scalar_t* m = P.mask_add + off;
+      const auto ninf = -std::numeric_limits<float>::infinity();
+      bool zero = true, minus_inf = true;
+      for (int64_t j = 0; j < nk; ++j) {
+        const float x = static_cast<float>(m[j * P.m_ss]);
+        zero &= x == 0.f;
+        minus_inf &= x == ninf;
+      }
+      if (!zero && !minus_inf) return TileMask::kMixed;
+      open |= zero;
+      closed |= minus_inf;
+    }
+    if (open && closed) return TileMask::kMixed;
+  }
+  return closed ? TileMask::kClosed : TileMask::kOpen;
+}
+
 // float32 forward without a weights output, for L >= kMinRowsToPack: per task (batch, head,
 // query tile) the score tile Q K^T comes from one brgemm against the head's K^T (transposed
 // once per thread and head, kept while the thread's consecutive tasks stay on that head),
@@ -435,8 +476,12 @@ void forward_brgemm(const Problem<float>& P, float* out, float* lse) {
       }
       std::fill(m_run, m_run + nq, ninf);
       std::fill(l_run, l_run + nq, 0.f);
+      std::fill(o, o + nq * Ev, 0.f);
       for (int64_t k0 = 0; k0 < kv_end; k0 += Bk) {
         const int64_t nk = std::min(Bk, kv_end - k0);
+        const TileMask tm = classify_tile(P, b, h, q0, nq, k0, nk);
+        if (tm == TileMask::kClosed) continue;
+        const bool masked = tm == TileMask::kMixed;
         cpublas::brgemm(nq, nk, E, P.q_sl, ldkt, lds, false, qa, kt + k0, s, false);
         // Causal: only a tile reaching past its first row's diagonal cuts rows short.
         const bool causal_cut = P.causal && k0 + nk - 1 > q0;
@@ -447,13 +492,13 @@ void forward_brgemm(const Problem<float>& P, float* out, float* lse) {
           // Unmasked with a positive scale, the scale folds into the exponent: max(scale * s)
           // is scale * max(s) exactly (rounding is monotonic), and the tile is read twice,
           // written once.
-          const bool fold = P.mask_kind == MaskKind::kNone && P.scale > 0.f;
+          const bool fold = !masked && P.scale > 0.f;
           float mx;
           if (fold) {
             mx = P.scale * max16(srow, n);
           } else {
             mx = scale_and_max(srow, n, P.scale);
-            if (P.mask_kind != MaskKind::kNone) {
+            if (masked) {
               mask_score_row(P, b, h, i, k0, n, srow);
               mx = max16(srow, n);
             }
@@ -465,9 +510,7 @@ void forward_brgemm(const Problem<float>& P, float* out, float* lse) {
           l_run[r] = l_run[r] * step.rescale + sum;
           m_run[r] = step.m_new;
           float* orow = o + r * Ev;
-          if (k0 == 0) {
-            std::fill(orow, orow + Ev, 0.f);
-          } else if (step.rescale != 1.f) {
+          if (step.rescale != 1.f) {
 #pragma omp simd
             for (int64_t e = 0; e < Ev; ++e) orow[e] *= step.rescale;
           }
@@ -480,12 +523,8 @@ void forward_brgemm(const Problem<float>& P, float* out, float* lse) {
         const float inv = am::inverse_row_sum(l_run[r]);
         float* dst = out + row * Ev;
         const float* src = o + r * Ev;
-        if (kv_end == 0) {
-          std::fill(dst, dst + Ev, 0.f);
-        } else {
 #pragma omp simd
-          for (int64_t e = 0; e < Ev; ++e) dst[e] = src[e] * inv;
-        }
+        for (int64_t e = 0; e < Ev; ++e) dst[e] = src[e] * inv;
         lse[row] = am::row_logsumexp(m_run[r], l_run[r]);
       }
     }
@@ -886,6 +925,9 @@ void backward_brgemm(const Problem<float>& P, const BackwardIO<float>& io) {
           const float* doh = io.grad_out + bh * L * Ev;
           for (int64_t q0 = q_begin; q0 < L; q0 += Bq) {
             const int64_t nq = std::min(Bq, L - q0);
+            const TileMask tm = classify_tile(P, b, h, q0, nq, k0, nk);
+            if (tm == TileMask::kClosed) continue;
+            const bool masked = tm == TileMask::kMixed;
             cpublas::brgemm(nq, nk, E, P.q_sl, ldk, ldk, false, qh + q0 * P.q_sl, kt, p, false);
             const bool causal_cut = P.causal && k0 + nk - 1 > q0;
             for (int64_t r = 0; r < nq; ++r) {
@@ -893,7 +935,7 @@ void backward_brgemm(const Problem<float>& P, const BackwardIO<float>& io) {
               float* prow = p + r * ldk;
               const int64_t n = causal_cut ? std::clamp<int64_t>(i + 1 - k0, 0, nk) : nk;
               const float l = io.lse[bh * L + i];
-              if (P.mask_kind == MaskKind::kNone) {
+              if (!masked) {
                 exp_sum16(prow, n, scale, l);
               } else {
 #pragma omp simd
