@@ -533,3 +533,36 @@ def test_float32_tiled_backward_close_to_float64(Hq, Hk, L, S, E, Ev, causal, ma
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=0)
     for a, b in zip(got, want):
         torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("Hq,Hk,L,S,E,causal,mask", [
+    (1, 1, 1, 3000, 64, False, None), (8, 2, 1, 2100, 64, False, "pad"),
+    (4, 1, 3, 1500, 40, True, None), (2, 2, 2, 1100, 96, False, "add"),
+    (4, 4, 1, 700, 32, False, "bool"), (2, 1, 4, 5, 16, True, None),
+])
+def test_float32_decoding_close_to_float64(Hq, Hk, L, S, E, causal, mask):
+    # Few query rows over a long cache: the flash-decoding path (keys split over threads,
+    # partial softmax states merged), grouped-query heads sharing each key/value row.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        torch.manual_seed(0)
+        q, k, v = torch.randn(1, Hq, L, E), torch.randn(1, Hk, S, E), torch.randn(1, Hk, S, E)
+        m = None
+        if mask == "pad":
+            m = torch.ones(1, 1, 1, S, dtype=torch.bool)
+            m[..., 1800:] = False
+        elif mask == "add":
+            m = torch.randn(1, Hq, L, S)
+        elif mask == "bool":
+            m = torch.rand(L, S) > 0.5
+        kw = dict(is_causal=causal, enable_gqa=Hq != Hk)
+        out = FF.scaled_dot_product_attention(q, k, v, attn_mask=m, **kw)
+        md = m.double() if m is not None and m.dtype != torch.bool else m
+        ref = FF.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=md, **kw)
+        torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=0)
+        q[0, 0, 0, 1] = float("nan")
+        out = FF.scaled_dot_product_attention(q, k, v, attn_mask=m, **kw)
+        assert out[0, 0, 0].isnan().all()
+    finally:
+        torch.set_num_threads(threads)

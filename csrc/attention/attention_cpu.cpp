@@ -532,6 +532,120 @@ void forward_brgemm(const Problem<float>& P, float* out, float* lse) {
   });
 }
 
+// float32 decoding forward (L < kMinRowsToPack, no weights output): flash-decoding. A task is
+// one (batch, key head) unit and a share of its keys; all G x L query rows of the unit's query
+// heads go together, so each key and value row is read once for all of them (grouped-query
+// attention reads its cache once). When units are fewer than threads x 4, the keys are split
+// and each share's (max, sum, output) partials are merged at the end.
+constexpr int64_t kDecodeBlock = 256;   // keys per score block
+constexpr int64_t kDecodeMinKeys = 512;  // fewest keys a split takes
+
+void forward_decode(const Problem<float>& P, float* out, float* lse) {
+  const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev, G = P.group, R = G * L;
+  const int64_t units = P.B * P.Hk, threads = at::get_num_threads();
+  const int64_t want = (4 * threads + units - 1) / units;
+  const int64_t splits = std::max<int64_t>(1, std::min(want, S / kDecodeMinKeys));
+  const int64_t per_split = (S + splits - 1) / splits;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const bool dropout = P.dropout_p > 0.f;
+  // Partials: per (unit, split) R maxima, R sums, R x Ev outputs (unnormalised).
+  at::Tensor part = at::empty({units * splits, R * (2 + Ev)}, at::TensorOptions().dtype(at::kFloat));
+  float* const part_base = part.data_ptr<float>();
+  const ThreadScratch<float> scratch({R * kDecodeBlock});
+  at::parallel_for(0, units * splits, 1, [&](int64_t begin, int64_t end) {
+    float* const sc = scratch.get(0);
+    std::vector<const float*> qrow(R);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t unit = task / splits, split = task % splits;
+      const int64_t b = unit / P.Hk, hk = unit % P.Hk;
+      float* const m_run = part_base + task * R * (2 + Ev);
+      float* const l_run = m_run + R;
+      float* const o = l_run + R;
+      std::fill(m_run, m_run + R, ninf);
+      std::fill(l_run, l_run + R, 0.f);
+      std::fill(o, o + R * Ev, 0.f);
+      for (int64_t r = 0; r < R; ++r)
+        qrow[r] = P.q + b * P.q_sb + (hk * G + r / L) * P.q_sh + (r % L) * P.q_sl;
+      const float* k_head = P.k + b * P.k_sb + hk * P.k_sh;
+      const float* v_head = P.v + b * P.v_sb + hk * P.v_sh;
+      const int64_t s_begin = split * per_split;
+      int64_t s_end = std::min(S, s_begin + per_split);
+      if (P.causal) s_end = std::min(s_end, L);  // row i sees keys j <= i < L
+      for (int64_t k0 = s_begin; k0 < s_end; k0 += kDecodeBlock) {
+        const int64_t nk = std::min(kDecodeBlock, s_end - k0);
+        for (int64_t j = 0; j < nk; ++j) {
+          const float* kr = k_head + (k0 + j) * P.k_ss;
+          for (int64_t r = 0; r < R; ++r) {
+            const float* qr = qrow[r];
+            f32x16 acc{};
+            int64_t e = 0;
+            for (; e + 16 <= E; e += 16) acc += load16(qr + e) * load16(kr + e);
+            float d = 0.f;
+            for (int l = 0; l < 16; ++l) d += acc[l];
+            for (; e < E; ++e) d += qr[e] * kr[e];
+            sc[r * kDecodeBlock + j] = d;
+          }
+        }
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t g = r / L, i = r % L, h = hk * G + g;
+          float* srow = sc + r * kDecodeBlock;
+          float mx = scale_and_max(srow, nk, P.scale);
+          if (P.mask_kind != MaskKind::kNone || P.causal) {
+            mask_score_row(P, b, h, i, k0, nk, srow);
+            mx = max16(srow, nk);
+          }
+          const auto step = am::online_softmax_step(m_run[r], mx);
+          const float sum = exp_sum16(srow, nk, 1.f, am::softmax_shift(step.m_new));
+          l_run[r] = l_run[r] * step.rescale + sum;
+          m_run[r] = step.m_new;
+          if (step.rescale != 1.f) {
+            float* orow = o + r * Ev;
+#pragma omp simd
+            for (int64_t e = 0; e < Ev; ++e) orow[e] *= step.rescale;
+          }
+          if (dropout) apply_dropout_row(P, P.dropout_row(b, h, i), k0, nk, srow);
+        }
+        for (int64_t j = 0; j < nk; ++j) {
+          const float* vr = v_head + (k0 + j) * P.v_ss;
+          for (int64_t r = 0; r < R; ++r) {
+            const float pj = sc[r * kDecodeBlock + j];
+            float* orow = o + r * Ev;
+#pragma omp simd
+            for (int64_t e = 0; e < Ev; ++e) orow[e] += pj * vr[e];
+          }
+        }
+      }
+    }
+  });
+  // Merge the splits of each row: M = max m_s, l = sum l_s e^(m_s - M), O = sum O_s e^(m_s - M).
+  at::parallel_for(0, units * R, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(Ev);
+    for (int64_t x = begin; x < end; ++x) {
+      const int64_t unit = x / R, r = x % R;
+      const int64_t b = unit / P.Hk, hk = unit % P.Hk, h = hk * G + r / L, i = r % L;
+      float M = ninf;
+      for (int64_t sp = 0; sp < splits; ++sp) {
+        const float m = part_base[(unit * splits + sp) * R * (2 + Ev) + r];
+        M = M > m ? M : m;
+      }
+      float l = 0.f;
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t sp = 0; sp < splits; ++sp) {
+        const float* base = part_base + (unit * splits + sp) * R * (2 + Ev);
+        const float m = base[r];
+        const float f = splits == 1 ? 1.f : (m == ninf ? 0.f : am::fast_exp(m - M));
+        l += f * base[R + r];
+        const float* os = base + 2 * R + r * Ev;
+        for (int64_t e = 0; e < Ev; ++e) acc[e] += f * os[e];
+      }
+      const int64_t row = (b * P.Hq + h) * L + i;
+      const float inv = am::inverse_row_sum(l);
+      for (int64_t e = 0; e < Ev; ++e) out[row * Ev + e] = acc[e] * inv;
+      lse[row] = am::row_logsumexp(M, l);
+    }
+  });
+}
+
 // The brgemm forward where it applies (float32, brgemm usable): true when it ran.
 template <typename scalar_t>
 bool try_forward_brgemm(const Problem<scalar_t>&, scalar_t*, acc_type<scalar_t>*) {
@@ -539,6 +653,10 @@ bool try_forward_brgemm(const Problem<scalar_t>&, scalar_t*, acc_type<scalar_t>*
 }
 template <>
 bool try_forward_brgemm<float>(const Problem<float>& P, float* out, float* lse) {
+  if (P.L < kMinRowsToPack) {
+    forward_decode(P, out, lse);
+    return true;
+  }
   if (!brgemm_usable()) return false;
   forward_brgemm(P, out, lse);
   return true;
@@ -1088,7 +1206,7 @@ std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_forward_
   if (out.numel() == 0 && lse.numel() == 0) return {out, lse, weights};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attention_forward_cpu", [&] {
     const auto P = make_problem<scalar_t>(q, k, v, attn_mask, dropout_p, is_causal, scale, seed);
-    if (!return_weights && L >= kMinRowsToPack &&
+    if (!return_weights &&
         try_forward_brgemm(P, out.mutable_data_ptr<scalar_t>(),
                            lse.mutable_data_ptr<acc_type<scalar_t>>()))
       return;
