@@ -537,6 +537,31 @@ void forward_brgemm(const Problem<float>& P, float* out, float* lse) {
 // heads go together, so each key and value row is read once for all of them (grouped-query
 // attention reads its cache once). When units are fewer than threads x 4, the keys are split
 // and each share's (max, sum, output) partials are merged at the end.
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef float f32x4 __attribute__((vector_size(16)));
+
+// The lane sums of four 16-lane vectors: d[i] = sum of a_i's lanes.
+inline void hsum4(f32x16 a0, f32x16 a1, f32x16 a2, f32x16 a3, float* d) {
+  // 16 -> 8 lanes each, then pairwise interleaved folds down to one 4-lane vector.
+  const f32x8 b0 = __builtin_shufflevector(a0, a0, 0, 1, 2, 3, 4, 5, 6, 7) +
+                   __builtin_shufflevector(a0, a0, 8, 9, 10, 11, 12, 13, 14, 15);
+  const f32x8 b1 = __builtin_shufflevector(a1, a1, 0, 1, 2, 3, 4, 5, 6, 7) +
+                   __builtin_shufflevector(a1, a1, 8, 9, 10, 11, 12, 13, 14, 15);
+  const f32x8 b2 = __builtin_shufflevector(a2, a2, 0, 1, 2, 3, 4, 5, 6, 7) +
+                   __builtin_shufflevector(a2, a2, 8, 9, 10, 11, 12, 13, 14, 15);
+  const f32x8 b3 = __builtin_shufflevector(a3, a3, 0, 1, 2, 3, 4, 5, 6, 7) +
+                   __builtin_shufflevector(a3, a3, 8, 9, 10, 11, 12, 13, 14, 15);
+  const f32x4 c0 = __builtin_shufflevector(b0, b0, 0, 1, 2, 3) + __builtin_shufflevector(b0, b0, 4, 5, 6, 7);
+  const f32x4 c1 = __builtin_shufflevector(b1, b1, 0, 1, 2, 3) + __builtin_shufflevector(b1, b1, 4, 5, 6, 7);
+  const f32x4 c2 = __builtin_shufflevector(b2, b2, 0, 1, 2, 3) + __builtin_shufflevector(b2, b2, 4, 5, 6, 7);
+  const f32x4 c3 = __builtin_shufflevector(b3, b3, 0, 1, 2, 3) + __builtin_shufflevector(b3, b3, 4, 5, 6, 7);
+  // Transpose-add the four 4-lane vectors: lane i of the result sums c_i.
+  const f32x4 e01 = __builtin_shufflevector(c0, c1, 0, 4, 1, 5) + __builtin_shufflevector(c0, c1, 2, 6, 3, 7);
+  const f32x4 e23 = __builtin_shufflevector(c2, c3, 0, 4, 1, 5) + __builtin_shufflevector(c2, c3, 2, 6, 3, 7);
+  const f32x4 r = __builtin_shufflevector(e01, e23, 0, 1, 4, 5) + __builtin_shufflevector(e01, e23, 2, 3, 6, 7);
+  std::memcpy(d, &r, sizeof(r));
+}
+
 constexpr int64_t kDecodeBlock = 256;   // keys per score block
 constexpr int64_t kDecodeMinKeys = 512;  // fewest keys a split takes
 
@@ -573,16 +598,38 @@ void forward_decode(const Problem<float>& P, float* out, float* lse) {
       if (P.causal) s_end = std::min(s_end, L);  // row i sees keys j <= i < L
       for (int64_t k0 = s_begin; k0 < s_end; k0 += kDecodeBlock) {
         const int64_t nk = std::min(kDecodeBlock, s_end - k0);
-        for (int64_t j = 0; j < nk; ++j) {
+        // Four keys at a time per row: four accumulators, their lanes summed by one tree.
+        int64_t j = 0;
+        for (; j + 4 <= nk; j += 4) {
           const float* kr = k_head + (k0 + j) * P.k_ss;
           for (int64_t r = 0; r < R; ++r) {
             const float* qr = qrow[r];
-            f32x16 acc{};
+            f32x16 a0{}, a1{}, a2{}, a3{};
             int64_t e = 0;
-            for (; e + 16 <= E; e += 16) acc += load16(qr + e) * load16(kr + e);
+            for (; e + 16 <= E; e += 16) {
+              const f32x16 qv = load16(qr + e);
+              a0 += qv * load16(kr + e);
+              a1 += qv * load16(kr + P.k_ss + e);
+              a2 += qv * load16(kr + 2 * P.k_ss + e);
+              a3 += qv * load16(kr + 3 * P.k_ss + e);
+            }
+            float d[4];
+            hsum4(a0, a1, a2, a3, d);
+            for (; e < E; ++e) {
+              d[0] += qr[e] * kr[e];
+              d[1] += qr[e] * kr[P.k_ss + e];
+              d[2] += qr[e] * kr[2 * P.k_ss + e];
+              d[3] += qr[e] * kr[3 * P.k_ss + e];
+            }
+            std::memcpy(sc + r * kDecodeBlock + j, d, sizeof(d));
+          }
+        }
+        for (; j < nk; ++j) {
+          const float* kr = k_head + (k0 + j) * P.k_ss;
+          for (int64_t r = 0; r < R; ++r) {
+            const float* qr = qrow[r];
             float d = 0.f;
-            for (int l = 0; l < 16; ++l) d += acc[l];
-            for (; e < E; ++e) d += qr[e] * kr[e];
+            for (int64_t e = 0; e < E; ++e) d += qr[e] * kr[e];
             sc[r * kDecodeBlock + j] = d;
           }
         }
@@ -605,7 +652,23 @@ void forward_decode(const Problem<float>& P, float* out, float* lse) {
           }
           if (dropout) apply_dropout_row(P, P.dropout_row(b, h, i), k0, nk, srow);
         }
-        for (int64_t j = 0; j < nk; ++j) {
+        // Four value rows per pass over each output row.
+        j = 0;
+        for (; j + 4 <= nk; j += 4) {
+          const float* v0 = v_head + (k0 + j) * P.v_ss;
+          const float* v1 = v0 + P.v_ss;
+          const float* v2 = v1 + P.v_ss;
+          const float* v3 = v2 + P.v_ss;
+          for (int64_t r = 0; r < R; ++r) {
+            const float* pr = sc + r * kDecodeBlock + j;
+            const float p0 = pr[0], p1 = pr[1], p2 = pr[2], p3 = pr[3];
+            float* orow = o + r * Ev;
+#pragma omp simd
+            for (int64_t e = 0; e < Ev; ++e)
+              orow[e] += (p0 * v0[e] + p1 * v1[e]) + (p2 * v2[e] + p3 * v3[e]);
+          }
+        }
+        for (; j < nk; ++j) {
           const float* vr = v_head + (k0 + j) * P.v_ss;
           for (int64_t r = 0; r < R; ++r) {
             const float pj = sc[r * kDecodeBlock + j];
