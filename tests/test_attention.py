@@ -566,3 +566,30 @@ def test_float32_decoding_close_to_float64(Hq, Hk, L, S, E, causal, mask):
         assert out[0, 0, 0].isnan().all()
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("L,S,E,Ev,causal,mask", [
+    (67, 131, 64, 64, False, None), (300, 701, 40, 24, True, None),
+    (1030, 600, 64, 80, False, "bool"), (100, 513, 80, 80, False, "add"),
+    (33, 65, 16, 16, True, None), (40, 50, 15, 16, False, None),
+])
+def test_reduced_tiled_forward_within_twice_torchs_error(dtype, L, S, E, Ev, causal, mask):
+    # bfloat16 / float16 forwards of these sizes take the packed brgemm path where oneDNN packs
+    # the type (AMX): within twice torch's own error against float64.
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 2, L, E), torch.randn(2, 2, S, E), torch.randn(2, 2, S, Ev)
+    m = None
+    if mask == "bool":
+        m = torch.rand(L, S) > 0.3
+        m[:, 0] = True
+    elif mask == "add":
+        m = torch.randn(2, 1, L, S)
+    low = [t.to(dtype) for t in (q, k, v)]
+    ml = m.to(dtype) if m is not None and m.dtype != torch.bool else m
+    out = FF.scaled_dot_product_attention(*low, attn_mask=ml, is_causal=causal)
+    theirs = F.scaled_dot_product_attention(*low, attn_mask=ml, is_causal=causal)
+    md = m.double() if m is not None and m.dtype != torch.bool else m
+    ref = torch_sdpa(*(t.double() for t in low), attn_mask=md, is_causal=causal)
+    err = (out.double() - ref).abs().max().item()
+    assert err <= 2 * (theirs.double() - ref).abs().max().item() + 1e-3

@@ -725,6 +725,168 @@ bool try_forward_brgemm<float>(const Problem<float>& P, float* out, float* lse) 
   return true;
 }
 
+// bfloat16 / float16 forward without a weights output (L >= kMinRowsToPack, E even) where
+// oneDNN packs these types (AMX / AVX-512 VNNI): the forward_brgemm scheme with both products
+// on packed operands, as torch's own CPU flash kernel does: per thread and head, K^T in blocks
+// of 64 keys and V in blocks of 64 columns, packed once (VNNI pairs of rows); the probability
+// tile is rounded to the input type for P V; scores, softmax and the output accumulate in float.
+constexpr int64_t kPackN = 64;  // oneDNN's pack takes output widths 16..64
+
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// dst[j] = src[j] rounded to scalar_t: bfloat16 by round-to-nearest-even on 16 lanes (the
+// same bits as c10::BFloat16's conversion, NaN kept a NaN), anything else element by element.
+template <typename scalar_t>
+inline void round_row(const float* src, scalar_t* dst, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<scalar_t>(src[j]);
+}
+template <>
+inline void round_row<c10::BFloat16>(const float* src, c10::BFloat16* dst, int64_t n) {
+  typedef uint32_t u32x16 __attribute__((vector_size(64)));
+  typedef uint16_t u16x16 __attribute__((vector_size(32)));
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const f32x16 x = load16(src + j);
+    u32x16 bits;
+    std::memcpy(&bits, &x, sizeof(bits));
+    const u32x16 rounded = (bits + (((bits >> 16) & 1u) + 0x7fffu)) >> 16;
+    const u32x16 r = x != x ? u32x16{} + 0x7fc0u : rounded;
+    const u16x16 h = __builtin_convertvector(r, u16x16);
+    std::memcpy(dst + j, &h, sizeof(h));
+  }
+  for (; j < n; ++j) dst[j] = static_cast<c10::BFloat16>(src[j]);
+}
+
+template <typename scalar_t>
+void forward_brgemm_reduced(const Problem<scalar_t>& P, scalar_t* out, float* lse) {
+  const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev;
+  const at::ScalarType dt = c10::CppTypeToScalarType<scalar_t>::value;
+  const int64_t Bq = std::min(br_block_q(L), L);
+  const int64_t Bk = std::max<int64_t>(kPackN, std::min(kBrBlockK / kPackN * kPackN, round_up(S, kPackN)));
+  const int64_t lds = Bk + 16, ldp = Bk + 32, ldo = round_up(Ev, kPackN);
+  const int64_t S64 = round_up(S, kPackN), S2 = round_up(S, 2);
+  const int64_t n_q_tiles = (L + Bq - 1) / Bq;
+  const bool dropout = P.dropout_p > 0.f;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  auto halves = [](int64_t n) { return (n + 1) / 2; };  // scalar_t elements carved from floats
+  const ThreadScratch<float> scratch({Bq * lds, Bq * ldo, Bq, Bq, halves(Bq * ldp),
+                                      halves(E * S64), halves(ldo * S2), halves(E * kPackN),
+                                      halves(S2 * kPackN)});
+  at::parallel_for(0, P.B * P.Hq * n_q_tiles, 1, [&](int64_t begin, int64_t end) {
+    float* const s = scratch.get(0);
+    float* const o = scratch.get(1);
+    float* const m_run = scratch.get(2);
+    float* const l_run = scratch.get(3);
+    scalar_t* const pb = reinterpret_cast<scalar_t*>(scratch.get(4));
+    scalar_t* const kpack = reinterpret_cast<scalar_t*>(scratch.get(5));
+    scalar_t* const vpack = reinterpret_cast<scalar_t*>(scratch.get(6));
+    scalar_t* const tbuf = reinterpret_cast<scalar_t*>(scratch.get(7));
+    scalar_t* const vbuf = reinterpret_cast<scalar_t*>(scratch.get(8));
+    int64_t cached_head = -1;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t qt = task % n_q_tiles, bh = task / n_q_tiles;
+      const int64_t h = bh % P.Hq, b = bh / P.Hq, hk = h / P.group;
+      const int64_t q0 = qt * Bq, nq = std::min(Bq, L - q0);
+      const scalar_t* qa = P.q + b * P.q_sb + h * P.q_sh + q0 * P.q_sl;
+      const int64_t kv_end = P.causal ? std::min(S, q0 + nq) : S;
+      if (b * P.Hk + hk != cached_head) {
+        cached_head = b * P.Hk + hk;
+        const scalar_t* k_head = P.k + b * P.k_sb + hk * P.k_sh;
+        const scalar_t* v_head = P.v + b * P.v_sb + hk * P.v_sh;
+        for (int64_t k0 = 0; k0 < S; k0 += kPackN) {
+          const int64_t n = std::min(kPackN, S - k0);
+          std::fill(tbuf, tbuf + E * kPackN, scalar_t(0));
+          tile_gemm::transpose<scalar_t>(n, E, k_head + k0 * P.k_ss, P.k_ss, tbuf, kPackN);
+          cpublas::pack(E, kPackN, kPackN, kPackN, dt, dt, tbuf, kpack + k0 * E);
+        }
+        for (int64_t e0 = 0; e0 < Ev; e0 += kPackN) {
+          const int64_t w = std::min(kPackN, Ev - e0);
+          for (int64_t j = 0; j < S2; ++j) {
+            scalar_t* dst = vbuf + j * kPackN;
+            if (j < S) std::copy(v_head + j * P.v_ss + e0, v_head + j * P.v_ss + e0 + w, dst);
+            std::fill(dst + (j < S ? w : 0), dst + kPackN, scalar_t(0));
+          }
+          cpublas::pack(S2, kPackN, kPackN, kPackN, dt, dt, vbuf, vpack + e0 * S2);
+        }
+      }
+      std::fill(m_run, m_run + nq, ninf);
+      std::fill(l_run, l_run + nq, 0.f);
+      std::fill(o, o + nq * ldo, 0.f);
+      for (int64_t k0 = 0; k0 < kv_end; k0 += Bk) {
+        const int64_t nk = std::min(Bk, kv_end - k0);
+        const TileMask tm = classify_tile(P, b, h, q0, nq, k0, nk);
+        if (tm == TileMask::kClosed) continue;
+        const bool masked = tm == TileMask::kMixed;
+        for (int64_t c = 0; c < nk; c += kPackN)
+          cpublas::brgemm(nq, kPackN, E, P.q_sl, kPackN, lds, false, qa, kpack + (k0 + c) * E,
+                          s + c, true);
+        const int64_t nk2 = round_up(nk, 2);
+        const bool causal_cut = P.causal && k0 + nk - 1 > q0;
+        for (int64_t r = 0; r < nq; ++r) {
+          const int64_t i = q0 + r;
+          float* srow = s + r * lds;
+          const int64_t n = causal_cut ? std::clamp<int64_t>(i + 1 - k0, 0, nk) : nk;
+          const bool fold = !masked && P.scale > 0.f;
+          float mx;
+          if (fold) {
+            mx = P.scale * max16(srow, n);
+          } else {
+            mx = scale_and_max(srow, n, P.scale);
+            if (masked) {
+              mask_score_row(P, b, h, i, k0, n, srow);
+              mx = max16(srow, n);
+            }
+          }
+          const auto step = am::online_softmax_step(m_run[r], mx);
+          const float sum = exp_sum16(srow, n, fold ? P.scale : 1.f, am::softmax_shift(step.m_new));
+          std::fill(srow + n, srow + nk2, 0.f);
+          l_run[r] = l_run[r] * step.rescale + sum;
+          m_run[r] = step.m_new;
+          float* orow = o + r * ldo;
+          if (step.rescale != 1.f) {
+#pragma omp simd
+            for (int64_t e = 0; e < Ev; ++e) orow[e] *= step.rescale;
+          }
+          if (dropout) apply_dropout_row(P, P.dropout_row(b, h, i), k0, nk, srow);
+          round_row(srow, pb + r * ldp, nk2);
+        }
+        for (int64_t e0 = 0; e0 < Ev; e0 += kPackN)
+          cpublas::brgemm(nq, kPackN, nk2, ldp, kPackN, ldo, true, pb, vpack + e0 * S2 + k0 * kPackN,
+                          o + e0, true);
+      }
+      for (int64_t r = 0; r < nq; ++r) {
+        const int64_t row = (b * P.Hq + h) * L + q0 + r;
+        const float inv = am::inverse_row_sum(l_run[r]);
+        scalar_t* dst = out + row * Ev;
+        const float* src = o + r * ldo;
+        for (int64_t e = 0; e < Ev; ++e) dst[e] = static_cast<scalar_t>(src[e] * inv);
+        lse[row] = am::row_logsumexp(m_run[r], l_run[r]);
+      }
+    }
+    cpublas::brgemm_release(true);
+  });
+}
+
+bool reduced_brgemm_usable(at::ScalarType dt) {
+  static const bool bf16 = brgemm_usable() && cpublas::could_pack(at::kBFloat16);
+  static const bool f16 = brgemm_usable() && cpublas::could_pack(at::kHalf);
+  return dt == at::kBFloat16 ? bf16 : f16;
+}
+
+template <>
+bool try_forward_brgemm<c10::BFloat16>(const Problem<c10::BFloat16>& P, c10::BFloat16* out, float* lse) {
+  if (P.L < kMinRowsToPack || P.E % 2 != 0 || !reduced_brgemm_usable(at::kBFloat16)) return false;
+  forward_brgemm_reduced(P, out, lse);
+  return true;
+}
+template <>
+bool try_forward_brgemm<c10::Half>(const Problem<c10::Half>& P, c10::Half* out, float* lse) {
+  if (P.L < kMinRowsToPack || P.E % 2 != 0 || !reduced_brgemm_usable(at::kHalf)) return false;
+  forward_brgemm_reduced(P, out, lse);
+  return true;
+}
+
+
 // ---------------------------------------------------------------------------------------------
 // Forward. One task = one (batch, head, query tile); each keeps its tile's running max, sum
 // and output accumulator while it streams the key/value tiles (online softmax).
