@@ -1,6 +1,9 @@
 // CPU fused attention: a flash-style tiled forward (online softmax, the L x S scores never
 // materialised, row log-sum-exp saved) and a flash-attention-2 backward that recomputes each
-// probability tile from that log-sum-exp. Tile products go to the BLAS torch links.
+// probability tile from that log-sum-exp. float32 (and bfloat16 / float16 forwards, where
+// oneDNN packs them) tile products go to oneDNN's brgemm micro-kernels; float64 and the
+// remaining cases to the BLAS torch links or tile_gemm.h. Decoding (L < 16) has its own
+// float32 flash-decoding forward.
 #include "attention/attention.h"
 
 #include <ATen/Dispatch.h>
