@@ -454,3 +454,143 @@ def test_backward_split_over_key_tiles(Hq, Hk):
         check_against_torch(q, k, v, enable_gqa=True, attn_mask=mask)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("L,S,E,Ev,causal,mask", [
+    (67, 131, 64, 64, False, None), (300, 700, 40, 24, True, None),
+    (1030, 600, 64, 64, False, "bool"), (100, 513, 80, 80, True, "add"),
+    (600, 600, 96, 96, True, None), (16, 1100, 32, 32, False, "pad"),
+    (200, 90, 64, 64, True, "bool"),
+])
+def test_float32_tiled_forward_close_to_float64(L, S, E, Ev, causal, mask):
+    # float32 forwards of these sizes take the brgemm tile path (query tiles of 32-256 rows,
+    # key tiles of 512, causal tiles cut per row); float64 is the reference.
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 2, L, E), torch.randn(2, 2, S, E), torch.randn(2, 2, S, Ev)
+    m = None
+    if mask == "bool":
+        m = torch.rand(L, S) > 0.3
+        m[3] = False  # a fully masked row: zeros
+    elif mask == "add":
+        m = torch.randn(2, 1, L, S)
+    elif mask == "pad":
+        m = torch.ones(2, 1, 1, S, dtype=torch.bool)
+        m[1, ..., 700:] = False
+    out = FF.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal)
+    md = m.double() if m is not None and m.dtype != torch.bool else m
+    if causal and m is not None:  # torch's math kernel takes one or the other: combine them
+        tril = torch.ones(L, S, dtype=torch.bool).tril()
+        md = md & tril if md.dtype == torch.bool else md.masked_fill(~tril, float("-inf"))
+    ref = torch_sdpa(q.double(), k.double(), v.double(), attn_mask=md,
+                     is_causal=causal and m is None)
+    if mask == "bool":
+        ref[:, :, 3] = 0
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=0)
+    q[0, 1, 5, 3] = float("nan")
+    out = FF.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal)
+    assert out[0, 1, 5].isnan().all() and not out[0, 0].isnan().any()
+
+
+@pytest.mark.parametrize("Hq,Hk,L,S,E,Ev,causal,mask", [
+    (2, 2, 67, 131, 64, 64, False, None), (4, 2, 300, 200, 40, 24, True, None),
+    (2, 1, 130, 600, 64, 32, False, "bool"), (2, 2, 100, 257, 80, 80, True, "add"),
+    (2, 2, 16, 900, 32, 32, False, "pad"), (1, 1, 45, 700, 16, 8, False, None),
+    (2, 2, 200, 700, 32, 32, False, "block"), (2, 2, 200, 700, 32, 32, True, "addblock"),
+])
+def test_float32_tiled_backward_close_to_float64(Hq, Hk, L, S, E, Ev, causal, mask):
+    # float32 gradients on the brgemm tile path (L >= 16) against float64's.
+    torch.manual_seed(0)
+    q = torch.randn(2, Hq, L, E, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, Hk, S, E, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, Hk, S, Ev, dtype=torch.float64, requires_grad=True)
+    m = None
+    if mask == "bool":
+        m = torch.rand(L, S) > 0.3
+        m[:, 0] = True
+    elif mask == "add":
+        m = torch.randn(2, 1, L, S, dtype=torch.float64, requires_grad=True)
+    elif mask == "pad":
+        m = torch.ones(2, 1, 1, S, dtype=torch.bool)
+        m[1, ..., 500:] = False
+    elif mask in ("block", "addblock"):
+        # Whole tiles open or closed (skipped, or run unmasked), a few mixed.
+        m = torch.zeros(L, S, dtype=torch.bool)
+        m[:, :300] = True
+        m[L // 2:] = True
+        m[7, 400] = True
+        if mask == "addblock":
+            m = torch.zeros(L, S, dtype=torch.float64).masked_fill(~m, float("-inf"))
+            m[:, 5] = 0.5
+            m.requires_grad_()
+    ins = [q, k, v] + ([m] if mask in ("add", "addblock") else [])
+    kw = dict(is_causal=causal, enable_gqa=Hq != Hk)
+    ref = FF.scaled_dot_product_attention(q, k, v, attn_mask=m, **kw)
+    g = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, ins, g)
+    ins32 = [t.detach().float().requires_grad_() for t in ins]
+    m32 = ins32[3] if mask in ("add", "addblock") else m
+    out = FF.scaled_dot_product_attention(*ins32[:3], attn_mask=m32, **kw)
+    got = torch.autograd.grad(out, ins32, g.float())
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=0)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("Hq,Hk,L,S,E,causal,mask", [
+    (1, 1, 1, 3000, 64, False, None), (8, 2, 1, 2100, 64, False, "pad"),
+    (4, 1, 3, 1500, 40, True, None), (2, 2, 2, 1100, 96, False, "add"),
+    (4, 4, 1, 700, 32, False, "bool"), (2, 1, 4, 5, 16, True, None),
+])
+def test_float32_decoding_close_to_float64(Hq, Hk, L, S, E, causal, mask):
+    # Few query rows over a long cache: the flash-decoding path (keys split over threads,
+    # partial softmax states merged), grouped-query heads sharing each key/value row.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        torch.manual_seed(0)
+        q, k, v = torch.randn(1, Hq, L, E), torch.randn(1, Hk, S, E), torch.randn(1, Hk, S, E)
+        m = None
+        if mask == "pad":
+            m = torch.ones(1, 1, 1, S, dtype=torch.bool)
+            m[..., 1800:] = False
+        elif mask == "add":
+            m = torch.randn(1, Hq, L, S)
+        elif mask == "bool":
+            m = torch.rand(L, S) > 0.5
+        kw = dict(is_causal=causal, enable_gqa=Hq != Hk)
+        out = FF.scaled_dot_product_attention(q, k, v, attn_mask=m, **kw)
+        md = m.double() if m is not None and m.dtype != torch.bool else m
+        ref = FF.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=md, **kw)
+        torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=0)
+        q[0, 0, 0, 1] = float("nan")
+        out = FF.scaled_dot_product_attention(q, k, v, attn_mask=m, **kw)
+        assert out[0, 0, 0].isnan().all()
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("L,S,E,Ev,causal,mask", [
+    (67, 131, 64, 64, False, None), (300, 701, 40, 24, True, None),
+    (1030, 600, 64, 80, False, "bool"), (100, 513, 80, 80, False, "add"),
+    (33, 65, 16, 16, True, None), (40, 50, 15, 16, False, None),
+])
+def test_reduced_tiled_forward_within_twice_torchs_error(dtype, L, S, E, Ev, causal, mask):
+    # bfloat16 / float16 forwards of these sizes take the packed brgemm path where oneDNN packs
+    # the type (AMX): within twice torch's own error against float64.
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 2, L, E), torch.randn(2, 2, S, E), torch.randn(2, 2, S, Ev)
+    m = None
+    if mask == "bool":
+        m = torch.rand(L, S) > 0.3
+        m[:, 0] = True
+    elif mask == "add":
+        m = torch.randn(2, 1, L, S)
+    low = [t.to(dtype) for t in (q, k, v)]
+    ml = m.to(dtype) if m is not None and m.dtype != torch.bool else m
+    out = FF.scaled_dot_product_attention(*low, attn_mask=ml, is_causal=causal)
+    theirs = F.scaled_dot_product_attention(*low, attn_mask=ml, is_causal=causal)
+    md = m.double() if m is not None and m.dtype != torch.bool else m
+    ref = torch_sdpa(*(t.double() for t in low), attn_mask=md, is_causal=causal)
+    err = (out.double() - ref).abs().max().item()
+    assert err <= 2 * (theirs.double() - ref).abs().max().item() + 1e-3

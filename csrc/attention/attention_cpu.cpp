@@ -1,10 +1,14 @@
 // CPU fused attention: a flash-style tiled forward (online softmax, the L x S scores never
 // materialised, row log-sum-exp saved) and a flash-attention-2 backward that recomputes each
-// probability tile from that log-sum-exp. Tile products go to the BLAS torch links.
+// probability tile from that log-sum-exp. float32 (and bfloat16 / float16 forwards, where
+// oneDNN packs them) tile products go to oneDNN's brgemm micro-kernels; float64 and the
+// remaining cases to the BLAS torch links or tile_gemm.h. Decoding (L < 16) has its own
+// float32 flash-decoding forward.
 #include "attention/attention.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/ScalarType.h>
@@ -268,6 +272,623 @@ class ThreadScratch {
   int64_t per_thread_ = 0;
   at::Tensor buffer_;
 };
+
+// ---------------------------------------------------------------------------------------------
+// oneDNN's brgemm micro-kernels (what torch's own CPU flash attention calls): row-major
+// C[M, N] (+)= A[M, K] B[K, N] with leading dimensions, no alpha. float32 tiles go through them
+// where oneDNN's ukernel API serves this CPU (x86-64 with AVX-512); FASTSEQ_ATTN_GEMM=blas or
+// =tile keeps the older paths (tests cover them).
+
+namespace cpublas = at::native::cpublas;
+
+bool brgemm_usable() {
+  static const bool ok = [] {
+    const char* v = std::getenv("FASTSEQ_ATTN_GEMM");
+    if (v && (std::strcmp(v, "blas") == 0 || std::strcmp(v, "tile") == 0)) return false;
+    try {
+      float a[16] = {1.f}, b[16 * 16] = {}, c[16 * 16];
+      b[0] = 2.f;
+      cpublas::brgemm(1, 16, 1, 1, 16, 16, false, a, b, c, false);
+      cpublas::brgemm_release(false);
+      return c[0] == 2.f;
+    } catch (...) {
+      return false;
+    }
+  }();
+  return ok;
+}
+
+// A leading dimension for n floats: a multiple of 16 floats plus 16, so that rows of a tile
+// never sit a power of two apart (cache-set conflicts).
+inline int64_t padded_ld(int64_t n) { return (n + 15) / 16 * 16 + 16; }
+
+// Query rows per forward task: bigger tiles amortise each key/value tile over more rows; the
+// score tile (rows x key block floats) stays well inside a 2 MB L2.
+const int64_t kBrBlockQ = tile_size("FASTSEQ_ATTN_BR_BLOCK_Q", 0);  // 0: by L
+const int64_t kBrBlockK = tile_size("FASTSEQ_ATTN_BR_BLOCK_K", 512);
+inline int64_t br_block_q(int64_t L) {
+  if (kBrBlockQ > 0) return kBrBlockQ;
+  return L >= 768 ? 256 : (L >= 192 ? 64 : 32);
+}
+
+typedef float f32x16 __attribute__((vector_size(64)));
+
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+
+inline f32x16 load16(const float* p) {
+  f32x16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void store16(float* p, f32x16 v) { std::memcpy(p, &v, sizeof(v)); }
+
+// attention_math::fast_exp on 16 lanes at once, operation for operation (the same results):
+// gcc vectorises the scalar form only at 256 bits, with masked blends.
+inline f32x16 fast_exp16(f32x16 x) {
+  const f32x16 t = x * 1.4426950408889634f;
+  f32x16 tc = t < -126.f ? f32x16{} - 126.f : t;
+  tc = tc > 127.f ? f32x16{} + 127.f : tc;
+  const f32x16 n = (tc + 12582912.f) - 12582912.f;
+  const f32x16 f = tc - n;
+  f32x16 p = f * 1.5353362e-4f + 1.3398874e-3f;
+  p = p * f + 9.6182299e-3f;
+  p = p * f + 5.5503324e-2f;
+  p = p * f + 2.4022648e-1f;
+  p = p * f + 6.9314718e-1f;
+  p = p * f + 1.0f;
+  const i32x16 bits = (__builtin_convertvector(n, i32x16) + 127) << 23;
+  f32x16 scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  const f32x16 r = p * scale;
+  return t < -126.f ? f32x16{} : r;
+}
+
+// Maximum of n floats.
+inline float max16(const float* s, int64_t n) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  f32x16 acc = f32x16{} + ninf;
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const f32x16 x = load16(s + j);
+    acc = acc > x ? acc : x;
+  }
+  float m = ninf;
+  for (int l = 0; l < 16; ++l) m = m > acc[l] ? m : acc[l];
+  for (; j < n; ++j) m = m > s[j] ? m : s[j];
+  return m;
+}
+
+// s[j] <- exp(s[j] * scale - shift) over n floats; returns their sum.
+inline float exp_sum16(float* s, int64_t n, float scale, float shift) {
+  f32x16 acc{};
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const f32x16 p = fast_exp16(load16(s + j) * scale - shift);
+    store16(s + j, p);
+    acc += p;
+  }
+  float sum = 0.f;
+  for (int l = 0; l < 16; ++l) sum += acc[l];
+  for (; j < n; ++j) {
+    s[j] = am::fast_exp(s[j] * scale - shift);
+    sum += s[j];
+  }
+  return sum;
+}
+
+// s[j] *= scale over n floats; returns the maximum of the scaled values.
+inline float scale_and_max(float* s, int64_t n, float scale) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  f32x16 acc;
+  for (int l = 0; l < 16; ++l) acc[l] = ninf;
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    f32x16 x;
+    std::memcpy(&x, s + j, sizeof(x));
+    x *= scale;
+    std::memcpy(s + j, &x, sizeof(x));
+    acc = acc > x ? acc : x;
+  }
+  float m = ninf;
+  for (int l = 0; l < 16; ++l) m = m > acc[l] ? m : acc[l];
+  for (; j < n; ++j) {
+    s[j] *= scale;
+    m = m > s[j] ? m : s[j];
+  }
+  return m;
+}
+
+// How attn_mask treats a (query tile, key tile): every pair attends (run it unmasked), none
+// does (skip it), or some (read the mask). Read once per tile and task: a row-independent mask
+// (key padding, m_sl = 0) reads one row; anything else (NaN, finite additive entries) is mixed.
+enum class TileMask { kOpen, kClosed, kMixed };
+
+template <typename scalar_t>
+TileMask classify_tile(const Problem<scalar_t>& P, int64_t b, int64_t h, int64_t q0, int64_t nq,
+                       int64_t k0, int64_t nk) {
+  if (P.mask_kind == MaskKind::kNone) return TileMask::kOpen;
+  const int64_t rows = P.m_sl == 0 ? 1 : nq;
+  bool open = false, closed = false;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t off = b * P.m_sb + h * P.m_sh + (q0 + r) * P.m_sl + k0 * P.m_ss;
+    if (P.mask_kind == MaskKind::kBool) {
+      const uint8_t* m = P.mask_bool + off;
+      uint8_t any = 0, all = 1;
+      for (int64_t j = 0; j < nk; ++j) {
+        const uint8_t x = m[j * P.m_ss] != 0;
+        any |= x;
+        all &= x;
+      }
+      open |= any != 0;
+      closed |= all == 0;
+    } else {
+      const scalar_t* m = P.mask_add + off;
+      const auto ninf = -std::numeric_limits<float>::infinity();
+      bool zero = true, minus_inf = true;
+      for (int64_t j = 0; j < nk; ++j) {
+        const float x = static_cast<float>(m[j * P.m_ss]);
+        zero &= x == 0.f;
+        minus_inf &= x == ninf;
+      }
+      if (!zero && !minus_inf) return TileMask::kMixed;
+      open |= zero;
+      closed |= minus_inf;
+    }
+    if (open && closed) return TileMask::kMixed;
+  }
+  return closed ? TileMask::kClosed : TileMask::kOpen;
+}
+
+// float32 forward without a weights output, for L >= kMinRowsToPack: per task (batch, head,
+// query tile) the score tile Q K^T comes from one brgemm against the head's K^T (transposed
+// once per thread and head, kept while the thread's consecutive tasks stay on that head),
+// is scaled, masked and folded into the online softmax while it is in L1/L2, and P V is a
+// second brgemm accumulating into the output tile.
+void forward_brgemm(const Problem<float>& P, float* out, float* lse) {
+  const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev;
+  const int64_t Bq = std::min(br_block_q(L), L);
+  const int64_t Bk = std::max<int64_t>(1, std::min(kBrBlockK, S));
+  const int64_t lds = padded_ld(Bk), ldkt = padded_ld(S);
+  const int64_t n_q_tiles = (L + Bq - 1) / Bq;
+  const bool dropout = P.dropout_p > 0.f;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const ThreadScratch<float> scratch({Bq * lds, Bq * Ev, Bq, Bq, E * ldkt});
+  at::parallel_for(0, P.B * P.Hq * n_q_tiles, 1, [&](int64_t begin, int64_t end) {
+    float* const s = scratch.get(0);
+    float* const o = scratch.get(1);
+    float* const m_run = scratch.get(2);
+    float* const l_run = scratch.get(3);
+    float* const kt = scratch.get(4);
+    int64_t cached_head = -1, packed_upto = 0;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t qt = task % n_q_tiles, bh = task / n_q_tiles;
+      const int64_t h = bh % P.Hq, b = bh / P.Hq, hk = h / P.group;
+      const int64_t q0 = qt * Bq, nq = std::min(Bq, L - q0);
+      const float* qa = P.q + b * P.q_sb + h * P.q_sh + q0 * P.q_sl;
+      const float* k_head = P.k + b * P.k_sb + hk * P.k_sh;
+      const float* v_head = P.v + b * P.v_sb + hk * P.v_sh;
+      const int64_t kv_end = P.causal ? std::min(S, q0 + nq) : S;
+      if (b * P.Hk + hk != cached_head) {
+        cached_head = b * P.Hk + hk;
+        packed_upto = 0;
+      }
+      if (packed_upto < kv_end) {
+        tile_gemm::transpose<float>(kv_end - packed_upto, E, k_head + packed_upto * P.k_ss, P.k_ss,
+                                    kt + packed_upto, ldkt);
+        packed_upto = kv_end;
+      }
+      std::fill(m_run, m_run + nq, ninf);
+      std::fill(l_run, l_run + nq, 0.f);
+      std::fill(o, o + nq * Ev, 0.f);
+      for (int64_t k0 = 0; k0 < kv_end; k0 += Bk) {
+        const int64_t nk = std::min(Bk, kv_end - k0);
+        const TileMask tm = classify_tile(P, b, h, q0, nq, k0, nk);
+        if (tm == TileMask::kClosed) continue;
+        const bool masked = tm == TileMask::kMixed;
+        cpublas::brgemm(nq, nk, E, P.q_sl, ldkt, lds, false, qa, kt + k0, s, false);
+        // Causal: only a tile reaching past its first row's diagonal cuts rows short.
+        const bool causal_cut = P.causal && k0 + nk - 1 > q0;
+        for (int64_t r = 0; r < nq; ++r) {
+          const int64_t i = q0 + r;
+          float* srow = s + r * lds;
+          const int64_t n = causal_cut ? std::clamp<int64_t>(i + 1 - k0, 0, nk) : nk;
+          // Unmasked with a positive scale, the scale folds into the exponent: max(scale * s)
+          // is scale * max(s) exactly (rounding is monotonic), and the tile is read twice,
+          // written once.
+          const bool fold = !masked && P.scale > 0.f;
+          float mx;
+          if (fold) {
+            mx = P.scale * max16(srow, n);
+          } else {
+            mx = scale_and_max(srow, n, P.scale);
+            if (masked) {
+              mask_score_row(P, b, h, i, k0, n, srow);
+              mx = max16(srow, n);
+            }
+          }
+          const auto step = am::online_softmax_step(m_run[r], mx);
+          const float sum =
+              exp_sum16(srow, n, fold ? P.scale : 1.f, am::softmax_shift(step.m_new));
+          std::fill(srow + n, srow + nk, 0.f);
+          l_run[r] = l_run[r] * step.rescale + sum;
+          m_run[r] = step.m_new;
+          float* orow = o + r * Ev;
+          if (step.rescale != 1.f) {
+#pragma omp simd
+            for (int64_t e = 0; e < Ev; ++e) orow[e] *= step.rescale;
+          }
+          if (dropout) apply_dropout_row(P, P.dropout_row(b, h, i), k0, nk, srow);
+        }
+        cpublas::brgemm(nq, Ev, nk, lds, P.v_ss, Ev, true, s, v_head + k0 * P.v_ss, o, false);
+      }
+      for (int64_t r = 0; r < nq; ++r) {
+        const int64_t row = (b * P.Hq + h) * L + q0 + r;
+        const float inv = am::inverse_row_sum(l_run[r]);
+        float* dst = out + row * Ev;
+        const float* src = o + r * Ev;
+#pragma omp simd
+        for (int64_t e = 0; e < Ev; ++e) dst[e] = src[e] * inv;
+        lse[row] = am::row_logsumexp(m_run[r], l_run[r]);
+      }
+    }
+    cpublas::brgemm_release(false);
+  });
+}
+
+// float32 decoding forward (L < kMinRowsToPack, no weights output): flash-decoding. A task is
+// one (batch, key head) unit and a share of its keys; all G x L query rows of the unit's query
+// heads go together, so each key and value row is read once for all of them (grouped-query
+// attention reads its cache once). When units are fewer than threads x 4, the keys are split
+// and each share's (max, sum, output) partials are merged at the end.
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef float f32x4 __attribute__((vector_size(16)));
+
+// The lane sums of four 16-lane vectors: d[i] = sum of a_i's lanes.
+inline void hsum4(f32x16 a0, f32x16 a1, f32x16 a2, f32x16 a3, float* d) {
+  // 16 -> 8 lanes each, then pairwise interleaved folds down to one 4-lane vector.
+  const f32x8 b0 = __builtin_shufflevector(a0, a0, 0, 1, 2, 3, 4, 5, 6, 7) +
+                   __builtin_shufflevector(a0, a0, 8, 9, 10, 11, 12, 13, 14, 15);
+  const f32x8 b1 = __builtin_shufflevector(a1, a1, 0, 1, 2, 3, 4, 5, 6, 7) +
+                   __builtin_shufflevector(a1, a1, 8, 9, 10, 11, 12, 13, 14, 15);
+  const f32x8 b2 = __builtin_shufflevector(a2, a2, 0, 1, 2, 3, 4, 5, 6, 7) +
+                   __builtin_shufflevector(a2, a2, 8, 9, 10, 11, 12, 13, 14, 15);
+  const f32x8 b3 = __builtin_shufflevector(a3, a3, 0, 1, 2, 3, 4, 5, 6, 7) +
+                   __builtin_shufflevector(a3, a3, 8, 9, 10, 11, 12, 13, 14, 15);
+  const f32x4 c0 = __builtin_shufflevector(b0, b0, 0, 1, 2, 3) + __builtin_shufflevector(b0, b0, 4, 5, 6, 7);
+  const f32x4 c1 = __builtin_shufflevector(b1, b1, 0, 1, 2, 3) + __builtin_shufflevector(b1, b1, 4, 5, 6, 7);
+  const f32x4 c2 = __builtin_shufflevector(b2, b2, 0, 1, 2, 3) + __builtin_shufflevector(b2, b2, 4, 5, 6, 7);
+  const f32x4 c3 = __builtin_shufflevector(b3, b3, 0, 1, 2, 3) + __builtin_shufflevector(b3, b3, 4, 5, 6, 7);
+  // Transpose-add the four 4-lane vectors: lane i of the result sums c_i.
+  const f32x4 e01 = __builtin_shufflevector(c0, c1, 0, 4, 1, 5) + __builtin_shufflevector(c0, c1, 2, 6, 3, 7);
+  const f32x4 e23 = __builtin_shufflevector(c2, c3, 0, 4, 1, 5) + __builtin_shufflevector(c2, c3, 2, 6, 3, 7);
+  const f32x4 r = __builtin_shufflevector(e01, e23, 0, 1, 4, 5) + __builtin_shufflevector(e01, e23, 2, 3, 6, 7);
+  std::memcpy(d, &r, sizeof(r));
+}
+
+constexpr int64_t kDecodeBlock = 256;   // keys per score block
+constexpr int64_t kDecodeMinKeys = 512;  // fewest keys a split takes
+
+void forward_decode(const Problem<float>& P, float* out, float* lse) {
+  const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev, G = P.group, R = G * L;
+  const int64_t units = P.B * P.Hk, threads = at::get_num_threads();
+  const int64_t want = (4 * threads + units - 1) / units;
+  const int64_t splits = std::max<int64_t>(1, std::min(want, S / kDecodeMinKeys));
+  const int64_t per_split = (S + splits - 1) / splits;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const bool dropout = P.dropout_p > 0.f;
+  // Partials: per (unit, split) R maxima, R sums, R x Ev outputs (unnormalised).
+  at::Tensor part = at::empty({units * splits, R * (2 + Ev)}, at::TensorOptions().dtype(at::kFloat));
+  float* const part_base = part.data_ptr<float>();
+  const ThreadScratch<float> scratch({R * kDecodeBlock});
+  at::parallel_for(0, units * splits, 1, [&](int64_t begin, int64_t end) {
+    float* const sc = scratch.get(0);
+    std::vector<const float*> qrow(R);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t unit = task / splits, split = task % splits;
+      const int64_t b = unit / P.Hk, hk = unit % P.Hk;
+      float* const m_run = part_base + task * R * (2 + Ev);
+      float* const l_run = m_run + R;
+      float* const o = l_run + R;
+      std::fill(m_run, m_run + R, ninf);
+      std::fill(l_run, l_run + R, 0.f);
+      std::fill(o, o + R * Ev, 0.f);
+      for (int64_t r = 0; r < R; ++r)
+        qrow[r] = P.q + b * P.q_sb + (hk * G + r / L) * P.q_sh + (r % L) * P.q_sl;
+      const float* k_head = P.k + b * P.k_sb + hk * P.k_sh;
+      const float* v_head = P.v + b * P.v_sb + hk * P.v_sh;
+      const int64_t s_begin = split * per_split;
+      int64_t s_end = std::min(S, s_begin + per_split);
+      if (P.causal) s_end = std::min(s_end, L);  // row i sees keys j <= i < L
+      for (int64_t k0 = s_begin; k0 < s_end; k0 += kDecodeBlock) {
+        const int64_t nk = std::min(kDecodeBlock, s_end - k0);
+        // Four keys at a time per row: four accumulators, their lanes summed by one tree.
+        int64_t j = 0;
+        for (; j + 4 <= nk; j += 4) {
+          const float* kr = k_head + (k0 + j) * P.k_ss;
+          for (int64_t r = 0; r < R; ++r) {
+            const float* qr = qrow[r];
+            f32x16 a0{}, a1{}, a2{}, a3{};
+            int64_t e = 0;
+            for (; e + 16 <= E; e += 16) {
+              const f32x16 qv = load16(qr + e);
+              a0 += qv * load16(kr + e);
+              a1 += qv * load16(kr + P.k_ss + e);
+              a2 += qv * load16(kr + 2 * P.k_ss + e);
+              a3 += qv * load16(kr + 3 * P.k_ss + e);
+            }
+            float d[4];
+            hsum4(a0, a1, a2, a3, d);
+            for (; e < E; ++e) {
+              d[0] += qr[e] * kr[e];
+              d[1] += qr[e] * kr[P.k_ss + e];
+              d[2] += qr[e] * kr[2 * P.k_ss + e];
+              d[3] += qr[e] * kr[3 * P.k_ss + e];
+            }
+            std::memcpy(sc + r * kDecodeBlock + j, d, sizeof(d));
+          }
+        }
+        for (; j < nk; ++j) {
+          const float* kr = k_head + (k0 + j) * P.k_ss;
+          for (int64_t r = 0; r < R; ++r) {
+            const float* qr = qrow[r];
+            float d = 0.f;
+            for (int64_t e = 0; e < E; ++e) d += qr[e] * kr[e];
+            sc[r * kDecodeBlock + j] = d;
+          }
+        }
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t g = r / L, i = r % L, h = hk * G + g;
+          float* srow = sc + r * kDecodeBlock;
+          float mx = scale_and_max(srow, nk, P.scale);
+          if (P.mask_kind != MaskKind::kNone || P.causal) {
+            mask_score_row(P, b, h, i, k0, nk, srow);
+            mx = max16(srow, nk);
+          }
+          const auto step = am::online_softmax_step(m_run[r], mx);
+          const float sum = exp_sum16(srow, nk, 1.f, am::softmax_shift(step.m_new));
+          l_run[r] = l_run[r] * step.rescale + sum;
+          m_run[r] = step.m_new;
+          if (step.rescale != 1.f) {
+            float* orow = o + r * Ev;
+#pragma omp simd
+            for (int64_t e = 0; e < Ev; ++e) orow[e] *= step.rescale;
+          }
+          if (dropout) apply_dropout_row(P, P.dropout_row(b, h, i), k0, nk, srow);
+        }
+        // Four value rows per pass over each output row.
+        j = 0;
+        for (; j + 4 <= nk; j += 4) {
+          const float* v0 = v_head + (k0 + j) * P.v_ss;
+          const float* v1 = v0 + P.v_ss;
+          const float* v2 = v1 + P.v_ss;
+          const float* v3 = v2 + P.v_ss;
+          for (int64_t r = 0; r < R; ++r) {
+            const float* pr = sc + r * kDecodeBlock + j;
+            const float p0 = pr[0], p1 = pr[1], p2 = pr[2], p3 = pr[3];
+            float* orow = o + r * Ev;
+#pragma omp simd
+            for (int64_t e = 0; e < Ev; ++e)
+              orow[e] += (p0 * v0[e] + p1 * v1[e]) + (p2 * v2[e] + p3 * v3[e]);
+          }
+        }
+        for (; j < nk; ++j) {
+          const float* vr = v_head + (k0 + j) * P.v_ss;
+          for (int64_t r = 0; r < R; ++r) {
+            const float pj = sc[r * kDecodeBlock + j];
+            float* orow = o + r * Ev;
+#pragma omp simd
+            for (int64_t e = 0; e < Ev; ++e) orow[e] += pj * vr[e];
+          }
+        }
+      }
+    }
+  });
+  // Merge the splits of each row: M = max m_s, l = sum l_s e^(m_s - M), O = sum O_s e^(m_s - M).
+  at::parallel_for(0, units * R, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(Ev);
+    for (int64_t x = begin; x < end; ++x) {
+      const int64_t unit = x / R, r = x % R;
+      const int64_t b = unit / P.Hk, hk = unit % P.Hk, h = hk * G + r / L, i = r % L;
+      float M = ninf;
+      for (int64_t sp = 0; sp < splits; ++sp) {
+        const float m = part_base[(unit * splits + sp) * R * (2 + Ev) + r];
+        M = M > m ? M : m;
+      }
+      float l = 0.f;
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t sp = 0; sp < splits; ++sp) {
+        const float* base = part_base + (unit * splits + sp) * R * (2 + Ev);
+        const float m = base[r];
+        const float f = splits == 1 ? 1.f : (m == ninf ? 0.f : am::fast_exp(m - M));
+        l += f * base[R + r];
+        const float* os = base + 2 * R + r * Ev;
+        for (int64_t e = 0; e < Ev; ++e) acc[e] += f * os[e];
+      }
+      const int64_t row = (b * P.Hq + h) * L + i;
+      const float inv = am::inverse_row_sum(l);
+      for (int64_t e = 0; e < Ev; ++e) out[row * Ev + e] = acc[e] * inv;
+      lse[row] = am::row_logsumexp(M, l);
+    }
+  });
+}
+
+// The brgemm forward where it applies (float32, brgemm usable): true when it ran.
+template <typename scalar_t>
+bool try_forward_brgemm(const Problem<scalar_t>&, scalar_t*, acc_type<scalar_t>*) {
+  return false;
+}
+template <>
+bool try_forward_brgemm<float>(const Problem<float>& P, float* out, float* lse) {
+  if (P.L < kMinRowsToPack) {
+    forward_decode(P, out, lse);
+    return true;
+  }
+  if (!brgemm_usable()) return false;
+  forward_brgemm(P, out, lse);
+  return true;
+}
+
+// bfloat16 / float16 forward without a weights output (L >= kMinRowsToPack, E even) where
+// oneDNN packs these types (AMX / AVX-512 VNNI): the forward_brgemm scheme with both products
+// on packed operands, as torch's own CPU flash kernel does: per thread and head, K^T in blocks
+// of 64 keys and V in blocks of 64 columns, packed once (VNNI pairs of rows); the probability
+// tile is rounded to the input type for P V; scores, softmax and the output accumulate in float.
+constexpr int64_t kPackN = 64;  // oneDNN's pack takes output widths 16..64
+
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// dst[j] = src[j] rounded to scalar_t: bfloat16 by round-to-nearest-even on 16 lanes (the
+// same bits as c10::BFloat16's conversion, NaN kept a NaN), anything else element by element.
+template <typename scalar_t>
+inline void round_row(const float* src, scalar_t* dst, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<scalar_t>(src[j]);
+}
+template <>
+inline void round_row<c10::BFloat16>(const float* src, c10::BFloat16* dst, int64_t n) {
+  typedef uint32_t u32x16 __attribute__((vector_size(64)));
+  typedef uint16_t u16x16 __attribute__((vector_size(32)));
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const f32x16 x = load16(src + j);
+    u32x16 bits;
+    std::memcpy(&bits, &x, sizeof(bits));
+    const u32x16 rounded = (bits + (((bits >> 16) & 1u) + 0x7fffu)) >> 16;
+    const u32x16 r = x != x ? u32x16{} + 0x7fc0u : rounded;
+    const u16x16 h = __builtin_convertvector(r, u16x16);
+    std::memcpy(dst + j, &h, sizeof(h));
+  }
+  for (; j < n; ++j) dst[j] = static_cast<c10::BFloat16>(src[j]);
+}
+
+template <typename scalar_t>
+void forward_brgemm_reduced(const Problem<scalar_t>& P, scalar_t* out, float* lse) {
+  const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev;
+  const at::ScalarType dt = c10::CppTypeToScalarType<scalar_t>::value;
+  const int64_t Bq = std::min(br_block_q(L), L);
+  const int64_t Bk = std::max<int64_t>(kPackN, std::min(kBrBlockK / kPackN * kPackN, round_up(S, kPackN)));
+  const int64_t lds = Bk + 16, ldp = Bk + 32, ldo = round_up(Ev, kPackN);
+  const int64_t S64 = round_up(S, kPackN), S2 = round_up(S, 2);
+  const int64_t n_q_tiles = (L + Bq - 1) / Bq;
+  const bool dropout = P.dropout_p > 0.f;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  auto halves = [](int64_t n) { return (n + 1) / 2; };  // scalar_t elements carved from floats
+  const ThreadScratch<float> scratch({Bq * lds, Bq * ldo, Bq, Bq, halves(Bq * ldp),
+                                      halves(E * S64), halves(ldo * S2), halves(E * kPackN),
+                                      halves(S2 * kPackN)});
+  at::parallel_for(0, P.B * P.Hq * n_q_tiles, 1, [&](int64_t begin, int64_t end) {
+    float* const s = scratch.get(0);
+    float* const o = scratch.get(1);
+    float* const m_run = scratch.get(2);
+    float* const l_run = scratch.get(3);
+    scalar_t* const pb = reinterpret_cast<scalar_t*>(scratch.get(4));
+    scalar_t* const kpack = reinterpret_cast<scalar_t*>(scratch.get(5));
+    scalar_t* const vpack = reinterpret_cast<scalar_t*>(scratch.get(6));
+    scalar_t* const tbuf = reinterpret_cast<scalar_t*>(scratch.get(7));
+    scalar_t* const vbuf = reinterpret_cast<scalar_t*>(scratch.get(8));
+    int64_t cached_head = -1;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t qt = task % n_q_tiles, bh = task / n_q_tiles;
+      const int64_t h = bh % P.Hq, b = bh / P.Hq, hk = h / P.group;
+      const int64_t q0 = qt * Bq, nq = std::min(Bq, L - q0);
+      const scalar_t* qa = P.q + b * P.q_sb + h * P.q_sh + q0 * P.q_sl;
+      const int64_t kv_end = P.causal ? std::min(S, q0 + nq) : S;
+      if (b * P.Hk + hk != cached_head) {
+        cached_head = b * P.Hk + hk;
+        const scalar_t* k_head = P.k + b * P.k_sb + hk * P.k_sh;
+        const scalar_t* v_head = P.v + b * P.v_sb + hk * P.v_sh;
+        for (int64_t k0 = 0; k0 < S; k0 += kPackN) {
+          const int64_t n = std::min(kPackN, S - k0);
+          std::fill(tbuf, tbuf + E * kPackN, scalar_t(0));
+          tile_gemm::transpose<scalar_t>(n, E, k_head + k0 * P.k_ss, P.k_ss, tbuf, kPackN);
+          cpublas::pack(E, kPackN, kPackN, kPackN, dt, dt, tbuf, kpack + k0 * E);
+        }
+        for (int64_t e0 = 0; e0 < Ev; e0 += kPackN) {
+          const int64_t w = std::min(kPackN, Ev - e0);
+          for (int64_t j = 0; j < S2; ++j) {
+            scalar_t* dst = vbuf + j * kPackN;
+            if (j < S) std::copy(v_head + j * P.v_ss + e0, v_head + j * P.v_ss + e0 + w, dst);
+            std::fill(dst + (j < S ? w : 0), dst + kPackN, scalar_t(0));
+          }
+          cpublas::pack(S2, kPackN, kPackN, kPackN, dt, dt, vbuf, vpack + e0 * S2);
+        }
+      }
+      std::fill(m_run, m_run + nq, ninf);
+      std::fill(l_run, l_run + nq, 0.f);
+      std::fill(o, o + nq * ldo, 0.f);
+      for (int64_t k0 = 0; k0 < kv_end; k0 += Bk) {
+        const int64_t nk = std::min(Bk, kv_end - k0);
+        const TileMask tm = classify_tile(P, b, h, q0, nq, k0, nk);
+        if (tm == TileMask::kClosed) continue;
+        const bool masked = tm == TileMask::kMixed;
+        for (int64_t c = 0; c < nk; c += kPackN)
+          cpublas::brgemm(nq, kPackN, E, P.q_sl, kPackN, lds, false, qa, kpack + (k0 + c) * E,
+                          s + c, true);
+        const int64_t nk2 = round_up(nk, 2);
+        const bool causal_cut = P.causal && k0 + nk - 1 > q0;
+        for (int64_t r = 0; r < nq; ++r) {
+          const int64_t i = q0 + r;
+          float* srow = s + r * lds;
+          const int64_t n = causal_cut ? std::clamp<int64_t>(i + 1 - k0, 0, nk) : nk;
+          const bool fold = !masked && P.scale > 0.f;
+          float mx;
+          if (fold) {
+            mx = P.scale * max16(srow, n);
+          } else {
+            mx = scale_and_max(srow, n, P.scale);
+            if (masked) {
+              mask_score_row(P, b, h, i, k0, n, srow);
+              mx = max16(srow, n);
+            }
+          }
+          const auto step = am::online_softmax_step(m_run[r], mx);
+          const float sum = exp_sum16(srow, n, fold ? P.scale : 1.f, am::softmax_shift(step.m_new));
+          std::fill(srow + n, srow + nk2, 0.f);
+          l_run[r] = l_run[r] * step.rescale + sum;
+          m_run[r] = step.m_new;
+          float* orow = o + r * ldo;
+          if (step.rescale != 1.f) {
+#pragma omp simd
+            for (int64_t e = 0; e < Ev; ++e) orow[e] *= step.rescale;
+          }
+          if (dropout) apply_dropout_row(P, P.dropout_row(b, h, i), k0, nk, srow);
+          round_row(srow, pb + r * ldp, nk2);
+        }
+        for (int64_t e0 = 0; e0 < Ev; e0 += kPackN)
+          cpublas::brgemm(nq, kPackN, nk2, ldp, kPackN, ldo, true, pb, vpack + e0 * S2 + k0 * kPackN,
+                          o + e0, true);
+      }
+      for (int64_t r = 0; r < nq; ++r) {
+        const int64_t row = (b * P.Hq + h) * L + q0 + r;
+        const float inv = am::inverse_row_sum(l_run[r]);
+        scalar_t* dst = out + row * Ev;
+        const float* src = o + r * ldo;
+        for (int64_t e = 0; e < Ev; ++e) dst[e] = static_cast<scalar_t>(src[e] * inv);
+        lse[row] = am::row_logsumexp(m_run[r], l_run[r]);
+      }
+    }
+    cpublas::brgemm_release(true);
+  });
+}
+
+bool reduced_brgemm_usable(at::ScalarType dt) {
+  static const bool bf16 = brgemm_usable() && cpublas::could_pack(at::kBFloat16);
+  static const bool f16 = brgemm_usable() && cpublas::could_pack(at::kHalf);
+  return dt == at::kBFloat16 ? bf16 : f16;
+}
+
+template <>
+bool try_forward_brgemm<c10::BFloat16>(const Problem<c10::BFloat16>& P, c10::BFloat16* out, float* lse) {
+  if (P.L < kMinRowsToPack || P.E % 2 != 0 || !reduced_brgemm_usable(at::kBFloat16)) return false;
+  forward_brgemm_reduced(P, out, lse);
+  return true;
+}
+template <>
+bool try_forward_brgemm<c10::Half>(const Problem<c10::Half>& P, c10::Half* out, float* lse) {
+  if (P.L < kMinRowsToPack || P.E % 2 != 0 || !reduced_brgemm_usable(at::kHalf)) return false;
+  forward_brgemm_reduced(P, out, lse);
+  return true;
+}
+
 
 // ---------------------------------------------------------------------------------------------
 // Forward. One task = one (batch, head, query tile); each keeps its tile's running max, sum
@@ -564,6 +1185,191 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
   }
 }
 
+// float32 backward through brgemm: the same tasks and formulas as backward_kernel, with every
+// tile product in brgemm's row-major C (+)= A B form. Per (batch, key head) unit, Q^T and dO^T
+// of its query heads are transposed once; per key tile, K^T and V^T once. dK and dV accumulate
+// transposed (dK^T += Q^T dS, dV^T += dO^T P: both operands as they are) and are transposed
+// back when the key tile is done; dS carries the scale.
+const int64_t kBrBlockQB = tile_size("FASTSEQ_ATTN_BR_BLOCK_Q_BWD", 64);
+const int64_t kBrBlockKB = tile_size("FASTSEQ_ATTN_BR_BLOCK_K_BWD", 128);
+
+void backward_brgemm(const Problem<float>& P, const BackwardIO<float>& io) {
+  const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev, G = P.group;
+  const int64_t Bq = std::max<int64_t>(1, std::min(kBrBlockQB, L));
+  const int64_t Bk = std::max<int64_t>(1, std::min<int64_t>(kBrBlockKB, S));
+  const int64_t ldk = padded_ld(Bk), ldl = padded_ld(L);
+  const bool dropout = P.dropout_p > 0.f;
+  const float scale = P.scale;
+
+  const int64_t units = P.B * P.Hk;
+  const int64_t n_kv_tiles = (S + Bk - 1) / Bk;
+  const int64_t threads = at::get_num_threads();
+  const int64_t splits =
+      units >= threads ? 1 : std::max<int64_t>(1, std::min(n_kv_tiles, (threads + units - 1) / units));
+  const int64_t tiles_per_split = splits > 1 ? (n_kv_tiles + splits - 1) / splits : n_kv_tiles;
+  const int64_t dq_per_unit = G * L * E;
+  at::Tensor dq_partial;
+  if (splits > 1) dq_partial = at::empty({splits, units, dq_per_unit}, at::TensorOptions().dtype(at::kFloat));
+
+  const ThreadScratch<float> scratch({G * L, splits > 1 ? 0 : dq_per_unit, G * E * ldl,
+                                      G * Ev * ldl, E * ldk, Ev * ldk, E * ldk, Ev * ldk,
+                                      Bq * ldk, Bq * ldk, dropout ? Bq * ldk : 0});
+  at::parallel_for(0, units * splits, 1, [&](int64_t begin, int64_t end) {
+    float* const d_row = scratch.get(0);
+    float* const dq_scratch = scratch.get(1);
+    float* const qt_all = scratch.get(2);
+    float* const dot_all = scratch.get(3);
+    float* const kt = scratch.get(4);
+    float* const vt = scratch.get(5);
+    float* const dkt = scratch.get(6);
+    float* const dvt = scratch.get(7);
+    float* const p = scratch.get(8);
+    float* const dp = scratch.get(9);
+    float* const pd = scratch.get(10);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t unit = task / splits, split = task % splits;
+      const int64_t b = unit / P.Hk, hk = unit % P.Hk;
+      float* const dq_acc = splits > 1 ? dq_partial.data_ptr<float>() + (split * units + unit) * dq_per_unit
+                                       : dq_scratch;
+      const int64_t k_begin = split * tiles_per_split * Bk;
+      const int64_t k_end = std::min(S, (split + 1) * tiles_per_split * Bk);
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t h = hk * G + g, bh = b * P.Hq + h;
+        const float* qh = P.q + b * P.q_sb + h * P.q_sh;
+        const float* doh = io.grad_out + bh * L * Ev;
+        tile_gemm::transpose<float>(L, E, qh, P.q_sl, qt_all + g * E * ldl, ldl);
+        tile_gemm::transpose<float>(L, Ev, doh, Ev, dot_all + g * Ev * ldl, ldl);
+        for (int64_t i = 0; i < L; ++i) {
+          const float* orow = io.out + (bh * L + i) * Ev;
+          const float* dorow = doh + i * Ev;
+          float d = 0;
+#pragma omp simd reduction(+ : d)
+          for (int64_t e = 0; e < Ev; ++e) d += dorow[e] * orow[e];
+          if (io.grad_weights) {
+            const float* w = io.weights + (bh * L + i) * S;
+            const float* dw = io.grad_weights + (bh * L + i) * S;
+            for (int64_t j = 0; j < S; ++j) d += w[j] * dw[j];
+          }
+          d_row[g * L + i] = d;
+        }
+      }
+      std::fill(dq_acc, dq_acc + G * L * E, 0.f);
+      const float* k_head = P.k + b * P.k_sb + hk * P.k_sh;
+      const float* v_head = P.v + b * P.v_sb + hk * P.v_sh;
+
+      for (int64_t k0 = k_begin; k0 < k_end; k0 += Bk) {
+        const int64_t nk = std::min(Bk, k_end - k0);
+        const float* ka = k_head + k0 * P.k_ss;
+        const float* va = v_head + k0 * P.v_ss;
+        tile_gemm::transpose<float>(nk, E, ka, P.k_ss, kt, ldk);
+        tile_gemm::transpose<float>(nk, Ev, va, P.v_ss, vt, ldk);
+        bool first = true;  // dK^T, dV^T not yet written for this key tile
+        const int64_t q_begin = P.causal ? (k0 / Bq) * Bq : 0;
+        for (int64_t g = 0; g < G; ++g) {
+          const int64_t h = hk * G + g, bh = b * P.Hq + h;
+          const float* qh = P.q + b * P.q_sb + h * P.q_sh;
+          const float* doh = io.grad_out + bh * L * Ev;
+          for (int64_t q0 = q_begin; q0 < L; q0 += Bq) {
+            const int64_t nq = std::min(Bq, L - q0);
+            const TileMask tm = classify_tile(P, b, h, q0, nq, k0, nk);
+            if (tm == TileMask::kClosed) continue;
+            const bool masked = tm == TileMask::kMixed;
+            cpublas::brgemm(nq, nk, E, P.q_sl, ldk, ldk, false, qh + q0 * P.q_sl, kt, p, false);
+            const bool causal_cut = P.causal && k0 + nk - 1 > q0;
+            for (int64_t r = 0; r < nq; ++r) {
+              const int64_t i = q0 + r;
+              float* prow = p + r * ldk;
+              const int64_t n = causal_cut ? std::clamp<int64_t>(i + 1 - k0, 0, nk) : nk;
+              const float l = io.lse[bh * L + i];
+              if (!masked) {
+                exp_sum16(prow, n, scale, l);
+              } else {
+#pragma omp simd
+                for (int64_t j = 0; j < n; ++j) prow[j] *= scale;
+                mask_score_row(P, b, h, i, k0, n, prow);
+                exp_sum16(prow, n, 1.f, l);
+              }
+              std::fill(prow + n, prow + nk, 0.f);
+            }
+            const float* pv = p;
+            if (dropout) {
+              for (int64_t r = 0; r < nq; ++r) {
+                std::copy(p + r * ldk, p + r * ldk + nk, pd + r * ldk);
+                apply_dropout_row(P, P.dropout_row(b, h, q0 + r), k0, nk, pd + r * ldk);
+              }
+              pv = pd;
+            }
+            // dV^T += dO^T Pd ; dP = dO V^T
+            cpublas::brgemm(Ev, nk, nq, ldl, ldk, ldk, !first, dot_all + g * Ev * ldl + q0, pv,
+                            dvt, false);
+            cpublas::brgemm(nq, nk, Ev, Ev, ldk, ldk, false, doh + q0 * Ev, vt, dp, false);
+            for (int64_t r = 0; r < nq; ++r) {
+              const int64_t i = q0 + r;
+              float* dprow = dp + r * ldk;
+              const float* prow = p + r * ldk;
+              if (io.grad_weights) {
+                const float* dw = io.grad_weights + (bh * L + i) * S + k0;
+                for (int64_t j = 0; j < nk; ++j) dprow[j] += dw[j];
+              }
+              if (dropout) apply_dropout_row(P, P.dropout_row(b, h, i), k0, nk, dprow);
+              const float d = d_row[g * L + i];
+              if (io.dmask) {
+                float* dm = io.dmask + (bh * L + i) * S + k0;
+#pragma omp simd
+                for (int64_t j = 0; j < nk; ++j) {
+                  const float ds = am::softmax_grad(prow[j], dprow[j], d);
+                  dm[j] = ds;
+                  dprow[j] = ds * scale;
+                }
+              } else {
+#pragma omp simd
+                for (int64_t j = 0; j < nk; ++j) dprow[j] = am::softmax_grad(prow[j], dprow[j], d) * scale;
+              }
+            }
+            // dQ += dS K ; dK^T += Q^T dS  (dS already scaled)
+            cpublas::brgemm(nq, E, nk, ldk, P.k_ss, E, true, dp, ka, dq_acc + (g * L + q0) * E, false);
+            cpublas::brgemm(E, nk, nq, ldl, ldk, ldk, !first, qt_all + g * E * ldl + q0, dp, dkt, false);
+            first = false;
+          }
+        }
+        float* dk_dst = io.dk + ((b * P.Hk + hk) * S + k0) * E;
+        float* dv_dst = io.dv + ((b * P.Hk + hk) * S + k0) * Ev;
+        if (first) {  // no query row sees these keys
+          std::fill(dk_dst, dk_dst + nk * E, 0.f);
+          std::fill(dv_dst, dv_dst + nk * Ev, 0.f);
+        } else {
+          tile_gemm::transpose<float>(E, nk, dkt, ldk, dk_dst, E);
+          tile_gemm::transpose<float>(Ev, nk, dvt, ldk, dv_dst, Ev);
+        }
+      }
+      if (splits == 1) std::copy(dq_acc, dq_acc + dq_per_unit, io.dq + unit * dq_per_unit);
+    }
+    cpublas::brgemm_release(false);
+  });
+  if (splits > 1) {
+    const float* partial = dq_partial.const_data_ptr<float>();
+    const int64_t n = units * dq_per_unit;
+    at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t x = begin; x < end; ++x) {
+        float sum = 0;
+        for (int64_t sp = 0; sp < splits; ++sp) sum += partial[sp * n + x];
+        io.dq[x] = sum;
+      }
+    });
+  }
+}
+
+template <typename scalar_t>
+bool try_backward_brgemm(const Problem<scalar_t>&, const BackwardIO<scalar_t>&) {
+  return false;
+}
+template <>
+bool try_backward_brgemm<float>(const Problem<float>& P, const BackwardIO<float>& io) {
+  if (!brgemm_usable() || P.L < kMinRowsToPack) return false;
+  backward_brgemm(P, io);
+  return true;
+}
+
 // ---------------------------------------------------------------------------------------------
 
 // BLAS needs unit stride along a row and a row stride covering the row.
@@ -628,6 +1434,10 @@ std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_forward_
   if (out.numel() == 0 && lse.numel() == 0) return {out, lse, weights};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attention_forward_cpu", [&] {
     const auto P = make_problem<scalar_t>(q, k, v, attn_mask, dropout_p, is_causal, scale, seed);
+    if (!return_weights &&
+        try_forward_brgemm(P, out.mutable_data_ptr<scalar_t>(),
+                           lse.mutable_data_ptr<acc_type<scalar_t>>()))
+      return;
     forward_kernel<scalar_t>(P, out.mutable_data_ptr<scalar_t>(),
                              lse.mutable_data_ptr<acc_type<scalar_t>>(),
                              weights ? weights->mutable_data_ptr<scalar_t>() : nullptr);
@@ -668,7 +1478,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attent
       io.dk = dk.mutable_data_ptr<scalar_t>();
       io.dv = dv.mutable_data_ptr<scalar_t>();
       io.dmask = dmask ? dmask->mutable_data_ptr<acc_t>() : nullptr;
-      backward_kernel<scalar_t>(P, io);
+      if (!try_backward_brgemm(P, io)) backward_kernel<scalar_t>(P, io);
     });
   }
   if (dmask && dmask->scalar_type() != q.scalar_type()) dmask = dmask->to(q.scalar_type());
