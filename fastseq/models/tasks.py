@@ -2,6 +2,7 @@
 (CharLM), random context windows (GPT) and padded (source, target) pairs (seq2seq).
 Each yields a loss per step, evaluates on its validation split and saves its position."""
 import math
+import os
 import random
 
 import torch
@@ -136,6 +137,9 @@ def read_pairs(data):
         return train, val
     from .corpora import load_corpus
 
+    if not os.path.isfile(data):
+        raise FileNotFoundError(f"--data: no such file: {data!r} (seq2seq takes 'dates' or a file "
+                                f"of source<TAB>target lines)")
     pairs = []
     for number, line in enumerate(load_corpus(data).splitlines(), 1):
         if not line.strip():
