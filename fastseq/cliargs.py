@@ -1,7 +1,6 @@
 """argparse pieces every subcommand shares: one-line errors, defaults in --help, range-checked
 numbers, --device checked against what torch can run here, and the run-folder flags."""
 import argparse
-import sys
 
 
 class Parser(argparse.ArgumentParser):
@@ -81,14 +80,14 @@ def add_device_args(p, threads_default=0):
                    help="torch CPU threads (0 = torch's default)")
 
 
-def add_run_args(p, name_hint):
+def add_run_args(p, name_hint, threads_default=0):
     """The flags of every trainer's run folder, progress display and metrics."""
     p.add_argument("--out", default=None, help=f"run folder (default runs/{name_hint})")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in the folder")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in the folder from its last checkpoint")
     p.add_argument("--seed", type=int, default=0, help="random seed (part of the default folder name)")
-    add_device_args(p)
+    add_device_args(p, threads_default)
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar or progress lines (evaluations and the summary still print)")
     p.add_argument("--tensorboard", action="store_true",
@@ -104,7 +103,3 @@ def apply_threads(args):
 def threads_in_use():
     import torch
     return torch.get_num_threads()
-
-
-def stderr_line(prog, message):
-    print(f"{prog}: {message}", file=sys.stderr)

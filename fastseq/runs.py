@@ -25,7 +25,7 @@ class RunExistsError(ValueError):
 def _slug(part) -> str:
     """A path or setting as a folder-name piece: a data path contributes its file name."""
     text = os.path.splitext(os.path.basename(str(part).rstrip("/\\")))[0] or str(part)
-    return re.sub(r"[^A-Za-z0-9._]+", "_", text).strip("_") or "x"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
 
 
 def run_name(model: str, *parts) -> str:

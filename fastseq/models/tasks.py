@@ -79,10 +79,14 @@ class StreamTask:
         return text_metrics(total / count)
 
     def state_dict(self):
-        return {"position": self.position}
+        # The carried LSTM state too: a resumed run then continues exactly as an uninterrupted one.
+        return {"position": self.position,
+                "state": None if self.state is None else [s.cpu() for s in self.state]}
 
     def load_state_dict(self, state):
-        self.position, self.state = state["position"], None
+        carried = state.get("state")
+        self.position = state["position"]
+        self.state = None if carried is None else tuple(s.to(self.device) for s in carried)
 
 
 class WindowTask:
