@@ -19,7 +19,7 @@ class Evaluator:
     def run(self, policy, seed):
         """Mean-able array of each episode's return; episode i resets with seed + i."""
         envs = self.envs
-        device = next(policy.parameters()).device
+        device = next(policy.parameters(), torch.empty(0)).device  # a parameter-free policy: cpu
         obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
         returns = np.zeros(len(envs))
         active = list(range(len(envs)))
