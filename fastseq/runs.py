@@ -119,9 +119,14 @@ class Metrics:
         path = self.run.file(METRICS_JSON)
         _write_json(path, {"model": self.model, "world_size": self.world_size, "steps": int(steps),
                            "history": self.history, "final": dict(final), **extra})
+        self.close()
+        return path
+
+    def close(self) -> None:
+        """Flushes the TensorBoard events (finish does; an interrupted run calls it itself)."""
         if self.writer is not None:
             self.writer.close()
-        return path
+            self.writer = None
 
     def _rewrite_csv(self):
         with open(self.csv_path, "w", newline="") as f:

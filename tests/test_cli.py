@@ -151,6 +151,13 @@ def test_second_run_does_not_destroy_the_first(argv, tmp_path, capsys):
     assert (out / "metrics.json").read_bytes() != before["metrics.json"]
 
 
+def test_a_failed_start_leaves_a_folder_the_next_run_may_use(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_main([*TINY_DQN, "--env", "NoSuchEnv-v0", "--out", str(out)], capsys)[0] == 2
+    assert run_main([*TINY_CHARLM, "--data", "/no/such.txt", "--out", str(out)], capsys)[0] == 2
+    assert main([*TINY_REINFORCE, "--steps", "600", "--out", str(out)]) == 0
+
+
 def test_overwrite_refuses_a_folder_fastseq_did_not_write(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(RunExistsError):

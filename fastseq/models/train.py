@@ -91,6 +91,10 @@ def train(kind, args):
     warmup = args.warmup if args.warmup is not None else min(100, args.steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, args.steps))
     step, history = 0, {"train": [], "val": []}
+    n_params = sum(p.numel() for p in model.parameters())
+    # config.json first: a folder with it is a run --overwrite may replace, even if this one fails.
+    run.save_config({"model": kind, **{k: v for k, v in vars(args).items() if k not in ("func", "command")},
+                     "data": data, "warmup": warmup, "parameters": n_params})
     metrics_log = Metrics(run, kind, tensorboard=args.tensorboard, resume=args.resume)
     if state:
         step, history = state["step"], state["history"]
@@ -104,9 +108,6 @@ def train(kind, args):
         metrics_log.rewind(step)
         print(f"resuming {run.path} at step {step}: the model's shape and vocabulary come from its checkpoint")
 
-    n_params = sum(p.numel() for p in model.parameters())
-    run.save_config({"model": kind, **{k: v for k, v in vars(args).items() if k not in ("func", "command")},
-                     "data": data, "warmup": warmup, "parameters": n_params})
     progress.header(kind, parameters=n_params, data=data, device=device, threads=threads_in_use(),
                     impl=model.config["impl"], steps=f"{step}->{args.steps}", run=run.path)
     loss_png = str(run.file("loss.png"))
@@ -164,6 +165,7 @@ def train(kind, args):
                                       f"{ckpt_path}; the same command with --resume continues it")
         finally:
             bar.close()
+            metrics_log.close()
     seconds = time.perf_counter() - start
     metrics_json = metrics_log.finish(metrics, step, seconds=seconds, tokens=total_tokens,
                                       parameters=n_params)

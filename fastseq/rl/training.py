@@ -37,7 +37,8 @@ class TrainingRun:
         self.final_episodes = int(final_episodes)
         self.dir = RunDir(out_dir, resume=resume, overwrite=overwrite)
         self.out_dir = str(self.dir.path)
-        self.metrics = Metrics(self.dir, algo, tensorboard=tensorboard, resume=resume)
+        self.tensorboard = tensorboard
+        self.metrics = None  # opened in begin(), once config.json marks the folder as a run
         self.episodes = []  # (step, return)
         self.evals = []  # (step, mean return, episodes)
         self.best = (-np.inf, 0)  # (score, step)
@@ -53,6 +54,8 @@ class TrainingRun:
     def __exit__(self, *exc):
         if self.bar is not None:
             self.bar.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self._interrupt.__exit__(*exc)
         return False
 
@@ -74,7 +77,6 @@ class TrainingRun:
         self.episodes, self.evals = saved["episodes"], saved["evals"]
         self.best, self.solved_at = tuple(saved["best"]), saved["solved_at"]
         torch.set_rng_state(saved["torch_rng"])
-        self.metrics.rewind(saved["loop"].step)
         return saved["loop"]
 
     def begin(self, *, env_spec, network_spec, config, model, step, eval_episodes, confirm_episodes,
@@ -99,6 +101,9 @@ class TrainingRun:
                                  f"{' (solved)' if self.solved_at is not None else ''}; "
                                  f"ask for more --steps than {step} to continue it")
         self.dir.save_config(resolved)
+        self.metrics = Metrics(self.dir, self.algo, tensorboard=self.tensorboard, resume=self.resume)
+        if self.resume:
+            self.metrics.rewind(step)  # entries logged after the saved state are redone
         self.evaluator = Evaluator(env_spec, eval_episodes) if eval_episodes else None
         self.confirmer = Evaluator(env_spec, confirm_episodes) if confirm_episodes else None
         self.start, self.first_step = time.perf_counter(), int(step)
