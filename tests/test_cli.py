@@ -233,7 +233,8 @@ def interrupt_when(proc, path, sig, timeout=120):
 @pytest.mark.parametrize("argv, first_checkpoint, sig", [
     (TINY_CHARLM + ["--steps", "1500", "--eval-every", "100"], "checkpoint.pt", signal.SIGINT),
     (TINY_DQN + ["--steps", "6000"], "best.pt", signal.SIGTERM),
-], ids=["charlm-sigint", "dqn-sigterm"])
+    (TINY_A2C + ["--steps", "8000"], "best.pt", signal.SIGINT),
+], ids=["charlm-sigint", "dqn-sigterm", "a2c-sigint"])
 def test_interrupt_exits_130_and_resumes_to_the_same_result(argv, first_checkpoint, sig, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     reference = cli_process([*argv, "--out", str(whole)])
