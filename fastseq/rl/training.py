@@ -96,9 +96,11 @@ class TrainingRun:
                 raise ValueError(f"--resume: the settings differ from {self.dir.file(CONFIG)} "
                                  f"({', '.join(changed) or 'environment'}); resume with the run's own "
                                  f"settings (only --steps may change)")
-            if step >= self.total_steps or self.solved_at is not None:
-                raise ValueError(f"--resume: the run already ended at step {step}"
-                                 f"{' (solved)' if self.solved_at is not None else ''}; "
+            if self.solved_at is not None:
+                raise ValueError(f"--resume: the run was solved at step {self.solved_at}; "
+                                 f"there is nothing to continue")
+            if step >= self.total_steps:
+                raise ValueError(f"--resume: the run already ended at step {step}; "
                                  f"ask for more --steps than {step} to continue it")
         self.dir.save_config(resolved)
         self.metrics = Metrics(self.dir, self.algo, tensorboard=self.tensorboard, resume=self.resume)
