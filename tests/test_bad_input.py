@@ -422,14 +422,14 @@ def _model_cli_error(argv, capsys):
 
 def test_models_missing_data_file(tmp_path, capsys):
     err = _model_cli_error(["train", "charlm", "--data", str(tmp_path / "nope.txt"),
-                            "--out", str(tmp_path), "--quiet"], capsys)
+                            "--out", str(tmp_path / "run"), "--no-progress"], capsys)
     assert "--data: no such file or folder" in err and "nope.txt" in err
 
 
 def test_models_empty_corpus(tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("")
     err = _model_cli_error(["train", "gpt", "--data", str(tmp_path / "empty.txt"),
-                            "--out", str(tmp_path), "--quiet"], capsys)
+                            "--out", str(tmp_path / "run"), "--no-progress"], capsys)
     assert "is empty (expected some text, got 0 characters)" in err
 
 

@@ -354,11 +354,11 @@ def test_checkpoint_round_trip(tmp_path, kind, obs_shape, make):
 
 
 def test_checkpoint_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="no such file"):
         load_checkpoint(str(tmp_path / "missing.pt"))
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match="not a readable torch file"):
+    with pytest.raises(ValueError, match="not a fastseq RL checkpoint"):
         load_checkpoint(str(garbage))
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
@@ -388,13 +388,12 @@ def test_cli_train_and_eval_round_trip(tmp_path, capsys):
     (["train", "dqn", "--env", "NoSuchEnv-v0", "--steps", "10"], "unknown or unavailable environment 'NoSuchEnv-v0'"),
     (["train", "dqn", "--env", "Pendulum-v1", "--steps", "10"], "dqn needs a Discrete action space"),
     (["train", "a2c", "--env", "MountainCarContinuous-v0", "--steps", "10"], "a2c needs a Discrete action space"),
-    (["train", "dqn", "--steps", "0"], "total_steps"),
+    (["train", "dqn", "--set", "total_steps=0"], "--steps: expected an integer >= 1, got 0"),
     (["train", "dqn", "--set", "nonsense=1"], "dqn has no setting 'nonsense'"),
     (["train", "dqn", "--set", "double=maybe"], "expected a bool"),
     (["train", "dqn", "--network", "lstm", "--history", "1", "--steps", "10"], "needs an observation history"),
     (["train", "reinforce", "--env", "Acrobot-v1", "--hide-velocity"], "HideVelocity expects"),
-    (["eval", "--checkpoint", "/nonexistent/agent.pt"], "does not exist"),
-    (["eval", "--checkpoint", "/nonexistent/agent.pt", "--episodes", "0"], "--episodes must be >= 1"),
+    (["eval", "--checkpoint", "/nonexistent/agent.pt"], "no such file"),
 ])
 def test_cli_bad_input_gives_clear_errors(tmp_path, capsys, argv, message):
     argv = argv + (["--out", str(tmp_path / "run"), "--no-progress"] if argv[0] == "train" else [])

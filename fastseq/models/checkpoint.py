@@ -1,10 +1,9 @@
 """Checkpoints: one file holding the model kind, its constructor config, vocabulary,
 weights, optimizer/schedule/data positions and loss history, so training resumes and
 sampling needs nothing else. Loaded with weights_only=True (no pickled code)."""
-import os
-
 import torch
 
+from .. import ckptio
 from .char_lm import CharLM
 from .gpt import GPT
 from .seq2seq import Seq2Seq
@@ -15,6 +14,8 @@ MODEL_CLASSES = {cls.kind: cls for cls in (CharLM, GPT, Seq2Seq)}
 
 
 def save(path, model, vocab, step, history, optimizer=None, scheduler=None, task=None, data=None):
+    """Everything to sample from the model or, with optimizer/scheduler/task, to resume
+    training exactly (the torch RNG state too, for dropout)."""
     state = {
         "format": FORMAT,
         "kind": model.kind,
@@ -27,28 +28,20 @@ def save(path, model, vocab, step, history, optimizer=None, scheduler=None, task
         "optimizer": optimizer.state_dict() if optimizer else None,
         "scheduler": scheduler.state_dict() if scheduler else None,
         "task": task.state_dict() if task else None,
+        "torch_rng": torch.get_rng_state(),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # never leave a half-written checkpoint behind
+    ckptio.save(state, path)
 
 
-def load(path, expect_kind=None):
-    """The checkpoint dict; ValueError for a file that is not one, or of another model."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--checkpoint: no such file: {path!r}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a non-checkpoint file
-        raise ValueError(f"--checkpoint: {path!r} is not a fastseq model checkpoint "
-                         f"({type(exc).__name__})") from exc
+def load(path, expect_kind=None, flag="--checkpoint"):
+    """The checkpoint dict; ValueError naming `flag` for a file that is not one, or of another model."""
+    state = ckptio.load(path, flag, what="fastseq model checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"--checkpoint: {path!r} is not a fastseq model checkpoint "
+        raise ValueError(f"{flag}: {path!r} is not a fastseq model checkpoint "
                          f"(expected format {FORMAT!r})")
     kinds = (expect_kind,) if isinstance(expect_kind, str) else expect_kind
     if kinds and state["kind"] not in kinds:
-        raise ValueError(f"--checkpoint: {path!r} holds a {state['kind']} model, expected "
+        raise ValueError(f"{flag}: {path!r} holds a {state['kind']} model, expected "
                          f"{' or '.join(kinds)}")
     return state
 

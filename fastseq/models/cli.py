@@ -1,9 +1,16 @@
 """CLI for the models: `fastseq train charlm|gpt|seq2seq`, `fastseq sample`,
 `fastseq attention` (heatmap PNGs) and `fastseq cells` (LSTM unit view as HTML)."""
-import argparse
 import os
+import sys
 
+from ..cliargs import (add_device_args, add_run_args, dropout, nonnegative_float, nonnegative_int,
+                       open_fraction, positive_float, positive_int)
 from .layers import IMPLS
+
+DEFAULT_DATA = {"charlm": "shakespeare", "gpt": "shakespeare", "seq2seq": "dates"}
+# A GPT attention figure grows with the square of the prompt: past this many characters it
+# stops being readable (a 300-character prompt made a 5595x5592 PNG).
+MAX_ATTENTION_CHARS = 64
 
 MODEL_HELP = {
     "charlm": "character-level LSTM language model (truncated BPTT)",
@@ -12,46 +19,28 @@ MODEL_HELP = {
 }
 
 
-def positive_int(text):
-    """argparse type: sizes and counts must be >= 1 (a 0 would fail deep inside torch)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _common_train_args(p, kind, steps, batch_size, lr, eval_every):
     data_help = ("a text file or folder, or a built-in corpus: shakespeare, stdlib, hello"
                  if kind != "seq2seq" else
                  "'dates' (built-in generated task) or a file of source<TAB>target lines")
-    p.add_argument("--data", default=None, help=f"{data_help} (default: "
-                   f"{'shakespeare' if kind != 'seq2seq' else 'dates'}, or the resumed run's)")
-    p.add_argument("--steps", type=int, default=steps, help="total optimizer steps (resume continues to this)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--data", default=DEFAULT_DATA[kind], help=data_help)
+    p.add_argument("--steps", type=positive_int, default=steps, help="total optimizer steps (resume continues to this)")
     p.add_argument("--impl", choices=IMPLS, default="fastseq",
                    help="fastseq's fused layers or torch.nn's (same weights, for comparison)")
     p.add_argument("--batch-size", type=positive_int, default=batch_size)
-    p.add_argument("--lr", type=float, default=lr, help="peak Adam learning rate")
-    p.add_argument("--warmup", type=int, default=-1, help="linear warm-up steps (default: steps/10, at most 100)")
-    p.add_argument("--clip", type=float, default=1.0, help="clip gradients to this global norm")
+    p.add_argument("--lr", type=positive_float, default=lr, help="peak Adam learning rate")
+    p.add_argument("--warmup", type=nonnegative_int, default=None,
+                   help="linear warm-up steps (default: steps/10, at most 100)")
+    p.add_argument("--clip", type=positive_float, default=1.0, help="clip gradients to this global norm")
     p.add_argument("--eval-every", type=positive_int, default=eval_every, help="validate and checkpoint every N steps")
-    p.add_argument("--out", default=None, help=f"run folder for checkpoint.pt and loss.png (default runs/{kind})")
-    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
-                   help="continue from CHECKPOINT (default: the run folder's checkpoint.pt)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_run_args(p, f"{kind}-<data>-<impl>-seed<seed>")
     p.set_defaults(func=lambda args: _run_train(kind, args))
 
 
 def _run_train(kind, args):
-    from .train import format_metrics, train
+    from .train import train
 
-    result = train(kind, args)
-    print(f"final: {format_metrics(result['metrics'])}")
+    train(kind, args)
     return 0
 
 
@@ -62,8 +51,8 @@ def register(subparsers, train_subparsers):
     p.add_argument("--embed", type=positive_int, default=64)
     p.add_argument("--hidden", type=positive_int, default=256)
     p.add_argument("--layers", type=positive_int, default=2)
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--dropout", type=dropout, default=0.0)
+    p.add_argument("--val-fraction", type=open_fraction, default=0.05)
 
     p = train_subparsers.add_parser("gpt", help=MODEL_HELP["gpt"])
     _common_train_args(p, "gpt", steps=2000, batch_size=32, lr=1e-3, eval_every=250)
@@ -71,9 +60,9 @@ def register(subparsers, train_subparsers):
     p.add_argument("--d-model", type=positive_int, default=128)
     p.add_argument("--heads", type=positive_int, default=4)
     p.add_argument("--layers", type=positive_int, default=4)
-    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--dropout", type=dropout, default=0.0)
     p.add_argument("--positions", choices=["learned", "sinusoidal"], default="learned")
-    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--val-fraction", type=open_fraction, default=0.05)
 
     p = train_subparsers.add_parser("seq2seq", help=MODEL_HELP["seq2seq"])
     _common_train_args(p, "seq2seq", steps=1500, batch_size=64, lr=3e-3, eval_every=250)
@@ -85,27 +74,27 @@ def register(subparsers, train_subparsers):
     _checkpoint_args(p)
     p.add_argument("--prompt", default=None,
                    help="text to continue (default: a newline), or for seq2seq the source sentence")
-    p.add_argument("--length", type=int, default=500, help="characters to generate")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0 = all)")
+    p.add_argument("--length", type=positive_int, default=500, help="characters to generate")
+    p.add_argument("--temperature", type=nonnegative_float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=nonnegative_int, default=0, help="sample among the k likeliest (0 = all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--beam", type=int, default=1, help="seq2seq: beam width (1 = greedy)")
+    p.add_argument("--beam", type=positive_int, default=1, help="seq2seq: beam width (1 = greedy)")
     p.set_defaults(func=_run_sample)
 
     p = subparsers.add_parser("attention", help="attention heatmap PNG (seq2seq: source vs output; gpt: every head)")
     _checkpoint_args(p)
     p.add_argument("--prompt", default=None, help="source sentence (seq2seq) or text (gpt)")
-    p.add_argument("--beam", type=int, default=1)
+    p.add_argument("--beam", type=positive_int, default=1, help="seq2seq: beam width (1 = greedy)")
     p.add_argument("--out", default="attention.png")
     p.set_defaults(func=_run_attention)
 
     p = subparsers.add_parser("cells", help="rank CharLM LSTM units by the features they track; write HTML")
     _checkpoint_args(p)
     p.add_argument("--data", required=True, help="text to read (a file, folder or built-in corpus)")
-    p.add_argument("--chars", type=int, default=3000, help="characters of --data to read")
-    p.add_argument("--offset", type=int, default=0, help="start this many characters into --data")
-    p.add_argument("--layer", type=int, default=-1, help="LSTM layer (default: the last)")
-    p.add_argument("--top", type=int, default=2, help="units shown per feature")
+    p.add_argument("--chars", type=positive_int, default=3000, help="characters of --data to read")
+    p.add_argument("--offset", type=nonnegative_int, default=0, help="start this many characters into --data")
+    p.add_argument("--layer", type=int, default=-1, help="LSTM layer (-1 = the last)")
+    p.add_argument("--top", type=positive_int, default=2, help="units shown per feature")
     p.add_argument("--out", default="cells.html")
     p.add_argument("--png", default=None, help="also draw the best unit per feature into this PNG")
     p.set_defaults(func=_run_cells)
@@ -113,19 +102,16 @@ def register(subparsers, train_subparsers):
 
 def _checkpoint_args(p):
     p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by fastseq train")
-    p.add_argument("--device", default="cpu")
     p.add_argument("--impl", choices=IMPLS, default=None, help="override the layers the model was trained with")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    add_device_args(p)
 
 
 def _load(args, kinds):
+    from ..cliargs import apply_threads
     from . import checkpoint
-    from .train import resolve_device
 
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    apply_threads(args)
+    device = args.device
     state = checkpoint.load(args.checkpoint, expect_kind=kinds)
     model = checkpoint.build_model(state, impl=args.impl, device=device)
     return model, checkpoint.vocab_from_dict(state["vocab"]), state
@@ -137,8 +123,6 @@ def _run_sample(args):
 
     model, vocab, state = _load(args, ("charlm", "gpt", "seq2seq"))
     if model.kind == "seq2seq":
-        if args.beam < 1:
-            raise ValueError(f"--beam: expected a width of at least 1, got {args.beam}")
         sentences = [args.prompt] if args.prompt else [s for s, _ in read_pairs(state["data"])[1][:5]]
         for sentence in sentences:
             output, _, _ = translate(model, vocab, sentence, beam=args.beam)
@@ -165,10 +149,15 @@ def _run_attention(args):
                                title=f"{sentence} -> {output}")
     else:
         text = args.prompt or "ROMEO:\nBut soft, what light"
-        ids = vocab.encode(text[-model.context:], "--prompt")
+        keep = min(model.context, MAX_ATTENTION_CHARS)
+        if len(text) > keep:
+            print(f"attention: --prompt has {len(text)} characters; drawing the last {keep} "
+                  f"(the figure grows with the square of its length)", file=sys.stderr)
+            text = text[-keep:]
+        ids = vocab.encode(text, "--prompt")
         with torch.no_grad():
             _, weights = model(ids[None].to(next(model.parameters()).device), return_weights=True)
-        plot_gpt_attention([w[0].cpu().numpy() for w in weights], list(text[-model.context:]), args.out,
+        plot_gpt_attention([w[0].cpu().numpy() for w in weights], list(text), args.out,
                            title=f"GPT attention on {text[:40]!r}")
     print(f"wrote {args.out}")
     return 0
@@ -181,9 +170,10 @@ def _run_cells(args):
     model, vocab, _ = _load(args, ("charlm",))
     if not -model.lstm.num_layers <= args.layer < model.lstm.num_layers:
         raise ValueError(f"--layer: expected -{model.lstm.num_layers}..{model.lstm.num_layers - 1}, got {args.layer}")
-    text = load_corpus(args.data)[args.offset: args.offset + args.chars]
-    if not text:
-        raise ValueError(f"--offset: {args.offset} is past the end of --data")
+    corpus = load_corpus(args.data)
+    if args.offset >= len(corpus):
+        raise ValueError(f"--offset: {args.offset} is past the end of --data ({len(corpus)} characters)")
+    text = corpus[args.offset: args.offset + args.chars]
     page, ranking = cells_report(model, vocab, text, args.layer, args.top,
                                  title=f"LSTM cells of {os.path.basename(args.checkpoint)} on {args.data}",
                                  png=args.png)

@@ -104,6 +104,9 @@ def read_path(path: str) -> str:
 
 
 def _read_text_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        if b"\0" in f.read(8192):  # text never holds NUL bytes; executables and archives do
+            raise ValueError(f"--data: {str(path)!r} is a binary file, not text")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:

@@ -2,6 +2,7 @@
 (CharLM), random context windows (GPT) and padded (source, target) pairs (seq2seq).
 Each yields a loss per step, evaluates on its validation split and saves its position."""
 import math
+import os
 import random
 
 import torch
@@ -78,10 +79,14 @@ class StreamTask:
         return text_metrics(total / count)
 
     def state_dict(self):
-        return {"position": self.position}
+        # The carried LSTM state too: a resumed run then continues exactly as an uninterrupted one.
+        return {"position": self.position,
+                "state": None if self.state is None else [s.cpu() for s in self.state]}
 
     def load_state_dict(self, state):
-        self.position, self.state = state["position"], None
+        carried = state.get("state")
+        self.position = state["position"]
+        self.state = None if carried is None else tuple(s.to(self.device) for s in carried)
 
 
 class WindowTask:
@@ -136,6 +141,9 @@ def read_pairs(data):
         return train, val
     from .corpora import load_corpus
 
+    if not os.path.isfile(data):
+        raise FileNotFoundError(f"--data: no such file: {data!r} (seq2seq takes 'dates' or a file "
+                                f"of source<TAB>target lines)")
     pairs = []
     for number, line in enumerate(load_corpus(data).splitlines(), 1):
         if not line.strip():

@@ -1,6 +1,6 @@
 """The training loop shared by the three models: Adam, linear warm-up then cosine decay,
-gradient clipping by global norm, periodic validation, resumable checkpoints, a tqdm bar
-with loss and tokens/s, and a loss-curve PNG next to the checkpoint."""
+gradient clipping by global norm, periodic validation, resumable checkpoints, progress,
+metrics and a loss-curve PNG in the run folder."""
 import collections
 import math
 import os
@@ -8,6 +8,10 @@ import time
 
 import torch
 
+from .. import progress
+from ..cliargs import apply_threads, threads_in_use
+from ..runs import Metrics, RunDir, run_name
+from ..signals import Interrupted, graceful_interrupt
 from . import checkpoint
 from .char_lm import CharLM
 from .corpora import load_corpus
@@ -16,17 +20,6 @@ from .seq2seq import Seq2Seq
 from .tasks import PairsTask, StreamTask, WindowTask, pair_vocabularies, read_pairs
 from .vocab import CharVocab
 
-DEFAULT_DATA = {"charlm": "shakespeare", "gpt": "shakespeare", "seq2seq": "dates"}
-
-
-def resolve_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"--device: expected cpu or cuda, got {name!r}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: torch sees no CUDA device here (use --device cpu)")
-    return device
 
 
 def lr_lambda(warmup: int, total: int, floor: float = 0.1):
@@ -71,25 +64,23 @@ def format_metrics(metrics):
     return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
 
+def run_folder(kind, args):
+    """--out, or runs/<model>-<data>-<impl>-seed<seed>: runs that differ get their own folder."""
+    return args.out or os.path.join("runs", run_name(kind, args.data, args.impl, f"seed{args.seed}"))
+
+
 def train(kind, args):
     """Train (or resume) one model as the CLI arguments say. Returns a dict with the model,
     the final validation metrics and the paths written."""
-    from tqdm import tqdm
     from .viz import plot_loss
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.steps < 1:
-        raise ValueError(f"--steps: expected a positive number of steps, got {args.steps}")
-    device = resolve_device(args.device)
+    apply_threads(args)
+    device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    out_dir = args.out or os.path.join("runs", kind)
-    ckpt_path = os.path.join(out_dir, "checkpoint.pt")
-
-    state = None
-    if args.resume:
-        state = checkpoint.load(ckpt_path if args.resume == "auto" else args.resume, expect_kind=kind)
-    data = args.data or (state or {}).get("data") or DEFAULT_DATA[kind]
+    run = RunDir(run_folder(kind, args), resume=args.resume, overwrite=args.overwrite)
+    ckpt_path = str(run.file("checkpoint.pt"))
+    state = checkpoint.load(ckpt_path, expect_kind=kind, flag="--resume") if args.resume else None
+    data = state["data"] if state else args.data
     vocab = checkpoint.vocab_from_dict(state["vocab"]) if state else make_vocab(kind, data)
     task = make_task(kind, args, vocab, data, device)
     if state:
@@ -97,72 +88,88 @@ def train(kind, args):
     else:
         model = new_model(kind, args, vocab).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    warmup = args.warmup if args.warmup >= 0 else min(100, args.steps // 10)
+    warmup = args.warmup if args.warmup is not None else min(100, args.steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, args.steps))
     step, history = 0, {"train": [], "val": []}
+    n_params = sum(p.numel() for p in model.parameters())
+    # config.json first: a folder with it is a run --overwrite may replace, even if this one fails.
+    run.save_config({"model": kind, **{k: v for k, v in vars(args).items() if k not in ("func", "command")},
+                     "data": data, "warmup": warmup, "parameters": n_params})
+    metrics_log = Metrics(run, kind, tensorboard=args.tensorboard, resume=args.resume)
     if state:
+        step, history = state["step"], state["history"]
+        if step >= args.steps:
+            raise ValueError(f"--steps: the run is already at step {step}; "
+                             f"ask for more than {step} steps to resume it")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         task.load_state_dict(state["task"])
-        step, history = state["step"], state["history"]
-        print(f"resuming at step {step}: the model's shape and vocabulary come from the checkpoint")
-        if step >= args.steps:
-            raise ValueError(f"--steps: the checkpoint is already at step {step}; "
-                             f"ask for more than {step} steps to resume")
+        torch.set_rng_state(state["torch_rng"])  # after building the model, which draws from it
+        metrics_log.rewind(step)
+        print(f"resuming {run.path} at step {step}: the model's shape and vocabulary come from its checkpoint")
 
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"{kind}: {n_params / 1e6:.2f}M parameters, impl={model.config['impl']}, device={device}, "
-          f"data={data}, vocabulary {len(vocab) if kind != 'seq2seq' else tuple(map(len, vocab))}, "
-          f"steps {step}->{args.steps}", flush=True)
+    progress.header(kind, parameters=n_params, data=data, device=device, threads=threads_in_use(),
+                    impl=model.config["impl"], steps=f"{step}->{args.steps}", run=run.path)
+    loss_png = str(run.file("loss.png"))
 
     def save_and_plot():
         checkpoint.save(ckpt_path, model, vocab, step, history, optimizer, scheduler, task, data)
-        plot_loss(history, os.path.join(out_dir, "loss.png"), title=f"{kind} on {os.path.basename(str(data))}")
+        plot_loss(history, loss_png, title=f"{kind} on {os.path.basename(str(data))}")
 
     metrics = {}
-    bar = tqdm(total=args.steps, initial=step, desc=f"train {kind}", unit="step",
-               disable=args.quiet or None)
+    bar = progress.Progress(args.steps, initial=step, desc=f"train {kind}", enabled=not args.no_progress)
     # Throughput over the last 50 steps: a single slow step (another process grabbing the
     # CPU) then neither dominates nor vanishes as it would in a per-step average.
     recent = collections.deque(maxlen=50)
-    smooth_loss, tokens_per_s, last = None, 0.0, time.perf_counter()
-    try:
-        while step < args.steps:
-            model.train()
-            loss, n_tokens = task.loss(model)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            value = loss.item()
-            if not math.isfinite(value):
-                raise ValueError(f"training diverged at step {step} (loss {value}); "
-                                 f"try a lower --lr than {args.lr}")
-            history["train"].append([step, value])
-            now = time.perf_counter()
-            recent.append((n_tokens, now - last))
-            last = now
-            smooth_loss = value if smooth_loss is None else 0.95 * smooth_loss + 0.05 * value
-            tokens_per_s = sum(n for n, _ in recent) / max(sum(t for _, t in recent), 1e-9)
-            bar.set_postfix({"loss": f"{smooth_loss:.3f}", "tok/s": f"{tokens_per_s:,.0f}",
-                             "grad norm": f"{float(grad_norm):.2f}"}, refresh=False)
-            bar.update(1)
-            if step % args.eval_every == 0 or step == args.steps:
-                model.eval()
-                metrics = task.evaluate(model)
-                history["val"].append([step, metrics])
-                bar.write(f"step {step}: train_loss {smooth_loss:.4f}  {format_metrics(metrics)}  "
-                          f"lr {scheduler.get_last_lr()[0]:.2e}  {tokens_per_s:,.0f} tok/s")
-                save_and_plot()
-                last = time.perf_counter()  # evaluation time is not training throughput
-    except KeyboardInterrupt:
-        bar.write(f"interrupted at step {step}: saving {ckpt_path} (resume with --resume)")
-        save_and_plot()
-        raise
-    finally:
-        bar.close()
-    print(f"wrote {ckpt_path} and {os.path.join(out_dir, 'loss.png')}")
+    smooth_loss, tokens_per_s, total_tokens = None, 0.0, 0
+    start = last = time.perf_counter()
+    with graceful_interrupt() as stop:
+        try:
+            while step < args.steps:
+                model.train()
+                loss, n_tokens = task.loss(model)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+                optimizer.step()
+                lr = scheduler.get_last_lr()[0]
+                scheduler.step()
+                step += 1
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise ValueError(f"training diverged at step {step} (loss {value}); "
+                                     f"try a lower --lr than {args.lr}")
+                history["train"].append([step, value])
+                now = time.perf_counter()
+                recent.append((n_tokens, now - last))
+                last = now
+                total_tokens += n_tokens
+                smooth_loss = value if smooth_loss is None else 0.95 * smooth_loss + 0.05 * value
+                tokens_per_s = sum(n for n, _ in recent) / max(sum(t for _, t in recent), 1e-9)
+                bar.update(step, loss=smooth_loss, **{"tok/s": f"{tokens_per_s:,.0f}",
+                                                      "grad norm": float(grad_norm)})
+                val = {}
+                if step % args.eval_every == 0 or step == args.steps:
+                    model.eval()
+                    metrics = val = task.evaluate(model)
+                    history["val"].append([step, metrics])
+                    bar.write(f"step {step}: train_loss {smooth_loss:.4f}  {format_metrics(metrics)}  "
+                              f"lr {lr:.2e}  {tokens_per_s:,.0f} tok/s")
+                metrics_log.log(step, loss=value, lr=lr, **val)
+                if val:
+                    save_and_plot()
+                    last = time.perf_counter()  # evaluation time is not training throughput
+                if stop.requested and step < args.steps:
+                    save_and_plot()
+                    raise Interrupted(f"{kind}: interrupted by {stop.signal_name} at step {step}; saved "
+                                      f"{ckpt_path}; the same command with --resume continues it")
+        finally:
+            bar.close()
+            metrics_log.close()
+    seconds = time.perf_counter() - start
+    metrics_json = metrics_log.finish(metrics, step, seconds=seconds, tokens=total_tokens,
+                                      parameters=n_params)
+    progress.summary(kind, seconds=seconds, rate=total_tokens / max(seconds, 1e-9), unit="tokens",
+                     final=metrics, files=[ckpt_path, loss_png, metrics_json, metrics_log.csv_path])
     return {"model": model, "metrics": metrics, "checkpoint": ckpt_path, "vocab": vocab,
-            "task": task, "history": history, "tokens_per_s": tokens_per_s}
+            "task": task, "history": history, "tokens_per_s": tokens_per_s, "run": run.path}

@@ -15,6 +15,7 @@ def _save(fig, path):
 
 
 def plot_loss(history, path, title="training loss"):
+    """Train loss per step and validation loss; exact match (seq2seq) on a second axis."""
     fig = Figure(figsize=(6, 3.5))
     ax = fig.add_subplot()
     train = history["train"]
@@ -26,15 +27,28 @@ def plot_loss(history, path, title="training loss"):
             smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
                       for i in range(len(losses))]
             ax.plot(steps, smooth, color="#3182bd", linewidth=1.5, label=f"train (mean of {window})")
+    val_steps = [s for s, _ in history["val"]]
     if history["val"]:
-        ax.plot([s for s, _ in history["val"]], [m["val_loss"] for _, m in history["val"]],
-                "o-", color="#e6550d", label="validation")
+        ax.plot(val_steps, [m["val_loss"] for _, m in history["val"]], "o-", color="#e6550d", label="validation")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
+    losses = [v for _, v in train] + [m["val_loss"] for _, m in history["val"]]
+    if losses and min(losses) > 0 and max(losses) / min(losses) > 20:
+        ax.set_yscale("log")  # seq2seq falls from ~3 to ~0.001: on a linear axis the end is a flat line
+    handles, labels = ax.get_legend_handles_labels()
+    if any("exact_match" in m for _, m in history["val"]):
+        right = ax.twinx()
+        right.plot(val_steps, [m["exact_match"] for _, m in history["val"]], "s--", color="#31a354",
+                   label="exact match (validation)")
+        right.set_ylim(0, 1.02)
+        right.set_ylabel("exact match")
+        more = right.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(handles, labels, fontsize=8)
     _save(fig, path)
+    return fig
 
 
 def plot_seq2seq_attention(weights, source_tokens, output_tokens, path, title=""):
@@ -56,23 +70,26 @@ def plot_gpt_attention(weights, tokens, path, title=""):
     """weights: list over layers of (heads, T, T) -> a layers x heads grid of heatmaps."""
     layers, heads = len(weights), weights[0].shape[0]
     labels = [repr(t)[1:-1] for t in tokens]
-    size = max(1.8, 0.11 * len(tokens))
-    fig = Figure(figsize=(size * heads, size * layers))
+    size = max(2.6, 0.16 * len(tokens))
+    fig = Figure(figsize=(size * heads + 1.2, size * layers + 0.6))
+    axes = fig.subplots(layers, heads, squeeze=False)
+    show = len(tokens) <= 40
     for layer, layer_weights in enumerate(weights):
         for head in range(heads):
-            ax = fig.add_subplot(layers, heads, layer * heads + head + 1)
-            ax.imshow(layer_weights[head], cmap="viridis", vmin=0, vmax=1)
-            ax.set_title(f"layer {layer} head {head}", fontsize=8)
-            show = len(tokens) <= 40
-            ax.set_xticks(range(len(tokens)) if show else [], labels if show else [], fontsize=6)
-            ax.set_yticks(range(len(tokens)) if show else [], labels if show else [], fontsize=6)
+            ax = axes[layer][head]
+            image = ax.imshow(layer_weights[head], cmap="viridis", vmin=0, vmax=1)
+            ax.set_title(f"layer {layer} head {head}", fontsize=10)
+            ax.set_xticks(range(len(tokens)) if show else [], labels if show else [], fontsize=8)
+            ax.set_yticks(range(len(tokens)) if show else [], labels if show else [], fontsize=8)
             if head == 0:
-                ax.set_ylabel("query (reading)", fontsize=7)
+                ax.set_ylabel("query (reading)", fontsize=9)
             if layer == layers - 1:
-                ax.set_xlabel("key (attended to)", fontsize=7)
+                ax.set_xlabel("key (attended to)", fontsize=9)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=12)
+    fig.tight_layout(rect=(0, 0, 0.93, 1))
+    # One colorbar for every head: they share the 0..1 scale.
+    fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.02, label="attention weight")
     _save(fig, path)
 
 
@@ -103,7 +120,7 @@ def coloured_text_png(panels, path, width=80, max_lines=12):
             if ch == "\n" or col >= width:
                 row, col = row + 1, 0
         grids.append((caption, cells, min(row + 1, max_lines)))
-    total_rows = sum(rows + 2 for _, _, rows in grids)
+    total_rows = sum(rows + 2 for _, _, rows in grids) + 2  # + the colour legend
     fig = Figure(figsize=(width * 0.085, total_rows * 0.17))
     ax = fig.add_axes([0, 0, 1, 1])
     ax.set_xlim(0, width)
@@ -117,6 +134,12 @@ def coloured_text_png(panels, path, width=80, max_lines=12):
             ax.add_patch(Rectangle((col, y), 1, 1, color=[c / 255 for c in unit_rgb(v)], linewidth=0))
             ax.text(col + 0.5, y + 0.55, ch, fontsize=7, family="monospace", ha="center", va="center")
         top += rows + 2
+    # The legend, as in the HTML page: what the colours mean.
+    ax.text(0, top + 1, "unit value:", fontsize=8, va="bottom")
+    for i, value in enumerate([-1, -0.5, 0, 0.5, 1]):
+        x = 8 + 7 * i
+        ax.add_patch(Rectangle((x, top + 0.2), 2, 1, color=[c / 255 for c in unit_rgb(value)], ec="#999"))
+        ax.text(x + 2.4, top + 1, f"{value:+g}", fontsize=8, va="bottom")
     _save(fig, path)
 
 

@@ -1,6 +1,8 @@
 """Advantage actor-critic (A2C): synchronous n-step rollouts over gymnasium.vector envs,
 advantages from generalised advantage estimation (lambda = 1 gives plain n-step returns)."""
 import dataclasses
+import functools
+import types
 
 import gymnasium as gym
 import numpy as np
@@ -9,7 +11,8 @@ import torch
 from .envs import check_spaces, make_env
 from .networks import build_network
 from .reinforce import policy_gradient_losses
-from .training import TrainingRun, config_dict
+from .settings import AT_LEAST_1, POSITIVE, UNIT, check
+from .training import TrainingRun
 
 
 @dataclasses.dataclass
@@ -33,13 +36,8 @@ class A2CConfig:
     stop_when_solved: bool = True
 
     def validate(self):
-        checks = [("total_steps", self.total_steps >= 1), ("num_envs", self.num_envs >= 1),
-                  ("rollout_steps", self.rollout_steps >= 1), ("lr", self.lr > 0),
-                  ("gamma", 0 <= self.gamma <= 1), ("gae_lambda", 0 <= self.gae_lambda <= 1),
-                  ("eval_every", self.eval_every >= 1)]
-        for name, ok in checks:
-            if not ok:
-                raise ValueError(f"A2CConfig.{name}: invalid value {getattr(self, name)!r}")
+        check(self, {"total_steps": AT_LEAST_1, "num_envs": AT_LEAST_1, "rollout_steps": AT_LEAST_1,
+                     "lr": POSITIVE, "gamma": UNIT, "gae_lambda": UNIT, "eval_every": AT_LEAST_1})
 
 
 def gae(rewards, values, next_values, dones, gamma, lam):
@@ -55,74 +53,84 @@ def gae(rewards, values, next_values, dones, gamma, lam):
     return advantages
 
 
-def train_a2c(env_id, config=None, seed=0, out_dir="runs/a2c", hide_velocity=False, history=1, progress=True):
+def train_a2c(env_id, config=None, seed=0, out_dir="runs/a2c", hide_velocity=False, history=1, progress=True,
+              device="cpu", **run_options):
     config = config or A2CConfig()
     config.validate()
-    torch.manual_seed(seed)
+    device = torch.device(device)
     env_spec = {"env_id": env_id, "hide_velocity": bool(hide_velocity), "history": int(history)}
-    probe = make_env(**env_spec)
-    n_actions, obs_shape = check_spaces(probe, "a2c", env_id)
-    target = probe.spec.reward_threshold if probe.spec is not None else None
-    probe.close()
-    envs = gym.vector.SyncVectorEnv([lambda: make_env(**env_spec)] * config.num_envs,
-                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    spec = {"kind": "actor_critic", "obs_shape": list(obs_shape), "n_actions": n_actions,
-            "kwargs": {"hidden": list(config.hidden)}}
-    model = build_network(spec)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    run = TrainingRun(algo="a2c", env_spec=env_spec, network_spec=spec,
-                      config=config_dict(config),
-                      total_steps=config.total_steps, out_dir=out_dir, eval_episodes=config.eval_episodes,
-                      confirm_episodes=config.confirm_episodes, target_return=target, progress=progress)
-    T, N = config.rollout_steps, config.num_envs
-    obs, _ = envs.reset(seed=seed)
-    episode_returns = np.zeros(N)
-    step, next_eval, solved = 0, config.eval_every, False
-    while step < config.total_steps and not solved:
-        obs_buf = torch.zeros((T, N, *obs_shape))
-        act_buf = torch.zeros((T, N), dtype=torch.int64)
-        rew_buf = torch.zeros((T, N))
-        done_buf = torch.zeros((T, N))
-        next_value_buf = torch.zeros((T, N))
-        for t in range(T):
-            obs_t = torch.as_tensor(obs, dtype=torch.float32)
+    with TrainingRun(algo="a2c", out_dir=out_dir, progress=progress, **run_options) as run:
+        s = run.resumed_state()  # the loop's whole state, saved whole on an interrupt
+        if s is None:
+            torch.manual_seed(seed)
+            probe = make_env(**env_spec)
+            n_actions, obs_shape = check_spaces(probe, "a2c", env_id)
+            target = probe.spec.reward_threshold if probe.spec is not None else None
+            probe.close()
+            # functools.partial, not a lambda: the vector env must pickle into resume.pt.
+            envs = gym.vector.SyncVectorEnv([functools.partial(make_env, **env_spec)] * config.num_envs,
+                                            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+            spec = {"kind": "actor_critic", "obs_shape": list(obs_shape), "n_actions": n_actions,
+                    "kwargs": {"hidden": list(config.hidden)}}
+            model = build_network(spec).to(device)
+            s = types.SimpleNamespace(
+                step=0, next_eval=config.eval_every, envs=envs, spec=spec, model=model, target=target,
+                obs_shape=obs_shape, optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
+                obs=envs.reset(seed=seed)[0], episode_returns=np.zeros(config.num_envs))
+        model = s.model
+        run.begin(env_spec=env_spec, network_spec=s.spec, config=config, model=model, step=s.step,
+                  eval_episodes=config.eval_episodes, confirm_episodes=config.confirm_episodes,
+                  target_return=s.target, device=device)
+        T, N = config.rollout_steps, config.num_envs
+        solved = False
+        while s.step < config.total_steps and not solved:
+            obs_buf = torch.zeros((T, N, *s.obs_shape), device=device)
+            act_buf = torch.zeros((T, N), dtype=torch.int64, device=device)
+            rew_buf = torch.zeros((T, N), device=device)
+            done_buf = torch.zeros((T, N), device=device)
+            next_value_buf = torch.zeros((T, N), device=device)
+            for t in range(T):
+                obs_t = torch.as_tensor(s.obs, dtype=torch.float32, device=device)
+                with torch.no_grad():
+                    actions = model.distribution(obs_t).sample()
+                next_obs, rewards, terminated, truncated, info = s.envs.step(actions.cpu().numpy())
+                # With same-step autoreset `next_obs` already holds the new episode's first
+                # observation where one ended; the true last observation is in final_obs.
+                real_next = next_obs.copy()
+                if "_final_obs" in info:
+                    for i in np.flatnonzero(info["_final_obs"]):
+                        real_next[i] = info["final_obs"][i]
+                with torch.no_grad():
+                    next_values = model(torch.as_tensor(real_next, dtype=torch.float32, device=device))[1]
+                # Bootstrap through time-limit truncations, not through real terminations.
+                next_values = next_values * torch.as_tensor(1.0 - terminated, dtype=torch.float32, device=device)
+                obs_buf[t], act_buf[t] = obs_t, actions
+                rew_buf[t] = torch.as_tensor(rewards, dtype=torch.float32, device=device)
+                done_buf[t] = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=device)
+                next_value_buf[t] = next_values
+                s.episode_returns += rewards
+                s.step += N
+                for i in np.flatnonzero(terminated | truncated):
+                    run.episode_done(s.step, s.episode_returns[i])
+                    s.episode_returns[i] = 0.0
+                s.obs = next_obs
             with torch.no_grad():
-                actions = model.distribution(obs_t).sample()
-            next_obs, rewards, terminated, truncated, info = envs.step(actions.numpy())
-            # With same-step autoreset `next_obs` already holds the new episode's first
-            # observation where one ended; the true last observation is in final_obs.
-            real_next = next_obs.copy()
-            if "_final_obs" in info:
-                for i in np.flatnonzero(info["_final_obs"]):
-                    real_next[i] = info["final_obs"][i]
-            with torch.no_grad():
-                next_values = model(torch.as_tensor(real_next, dtype=torch.float32))[1]
-            # Bootstrap through time-limit truncations, not through real terminations.
-            next_values = next_values * torch.as_tensor(1.0 - terminated, dtype=torch.float32)
-            obs_buf[t], act_buf[t] = obs_t, actions
-            rew_buf[t] = torch.as_tensor(rewards, dtype=torch.float32)
-            done_buf[t] = torch.as_tensor(terminated | truncated, dtype=torch.float32)
-            next_value_buf[t] = next_values
-            episode_returns += rewards
-            step += N
-            for i in np.flatnonzero(terminated | truncated):
-                run.episode_done(step, episode_returns[i])
-                episode_returns[i] = 0.0
-            obs = next_obs
-        with torch.no_grad():
-            values = model(obs_buf.flatten(0, 1))[1].view(T, N)
-        advantages = gae(rew_buf, values, next_value_buf, done_buf, config.gamma, config.gae_lambda)
-        returns = (advantages + values).flatten()
-        policy_loss, value_loss = policy_gradient_losses(
-            model, obs_buf.flatten(0, 1), act_buf.flatten(), returns, config.normalize_advantages,
-            config.entropy_coef)
-        optimizer.zero_grad(set_to_none=True)
-        (policy_loss + config.value_coef * value_loss).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        if step >= next_eval:
-            next_eval += config.eval_every
-            solved = run.evaluate(step, model) and config.stop_when_solved
-        run.show(step)
-    envs.close()
-    return run.finish(step, model)
+                values = model(obs_buf.flatten(0, 1))[1].view(T, N)
+            advantages = gae(rew_buf, values, next_value_buf, done_buf, config.gamma, config.gae_lambda)
+            returns = (advantages + values).flatten()
+            policy_loss, value_loss = policy_gradient_losses(
+                model, obs_buf.flatten(0, 1), act_buf.flatten(), returns, config.normalize_advantages,
+                config.entropy_coef)
+            loss = policy_loss + config.value_coef * value_loss
+            s.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            s.optimizer.step()
+            run.update_done(s.step, loss.item())
+            if s.step >= s.next_eval:
+                s.next_eval += config.eval_every
+                solved = run.evaluate(s.step, model) and config.stop_when_solved
+            run.show(s.step)
+            if not solved:
+                run.check_stop(s.step, model, s)
+        return run.finish(s.step, model, s)

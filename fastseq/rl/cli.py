@@ -1,7 +1,10 @@
 """`fastseq train dqn|reinforce|a2c` and `fastseq eval`: train an agent on a Gymnasium
-environment (progress bar, checkpoints, return plot) and evaluate a saved checkpoint."""
+environment (run folder, progress, checkpoints, metrics, return plot) and evaluate a saved checkpoint."""
 import dataclasses
 import os
+
+from ..cliargs import add_run_args, nonnegative_int, positive_float, positive_int
+from ..runs import run_name
 
 ALGOS = {
     "dqn": ("deep Q-network (replay buffer, target network, epsilon-greedy; MLP or LSTM Q-net)",
@@ -70,29 +73,26 @@ def build_config(algo, args):
     return config
 
 
+def run_folder(args, config):
+    """--out, or runs/<algo>-<env>[-<network>][-hidevel][-history<K>]-seed<seed>."""
+    if args.out:
+        return args.out
+    network = config.network if args.model == "dqn" else None
+    return os.path.join("runs", run_name(args.model, args.env, network, "hidevel" if args.hide_velocity else None,
+                                         f"history{args.history}" if args.history and args.history > 1 else None,
+                                         f"seed{args.seed}"))
+
+
 def train(args):
-    import torch
+    from ..cliargs import apply_threads
 
-    from .evaluate import evaluate_checkpoint
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     config = build_config(args.model, args)
     _, train_fn = _algo(args.model)
-    history = args.history
-    if history is None:
-        history = 8 if getattr(config, "network", "mlp") == "lstm" else 1
-    if history < 1:
-        raise ValueError(f"--history must be >= 1, got {history}")
-    out = args.out or os.path.join("runs", f"{args.model}-{args.env}-seed{args.seed}")
-    summary = train_fn(args.env, config, seed=args.seed, out_dir=out, hide_velocity=args.hide_velocity,
-                       history=history, progress=not args.no_progress)
-    returns, _ = evaluate_checkpoint(summary["best_path"], episodes=args.eval_episodes)
-    print(f"{args.model} on {args.env} (seed {args.seed}): {summary['steps']} env steps in "
-          f"{summary['wall_s']:.1f} s; best checkpoint from step {summary['best_step']}")
-    print(f"greedy evaluation of {summary['best_path']} over {len(returns)} fresh episodes: "
-          f"mean return {returns.mean():.1f} (std {returns.std():.1f}, min {returns.min():.0f})")
-    print(f"plot: {os.path.join(out, 'returns.png')}")
+    history = args.history or (8 if getattr(config, "network", "mlp") == "lstm" else 1)
+    train_fn(args.env, config, seed=args.seed, out_dir=run_folder(args, config), hide_velocity=args.hide_velocity,
+             history=history, progress=not args.no_progress, device=args.device, resume=args.resume,
+             overwrite=args.overwrite, tensorboard=args.tensorboard, final_episodes=args.eval_episodes)
     return 0
 
 
@@ -101,8 +101,6 @@ def evaluate(args):
 
     from .evaluate import evaluate_checkpoint
 
-    if args.episodes < 1:
-        raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
     torch.set_num_threads(args.threads or 1)
     returns, payload = evaluate_checkpoint(args.checkpoint, episodes=args.episodes, seed=args.seed)
     stats = payload.get("stats", {})
@@ -113,34 +111,46 @@ def evaluate(args):
     return 0
 
 
+def _settings_help(config_cls):
+    """The --set keys with their defaults, for the end of --help."""
+    fields = dataclasses.fields(config_cls)
+    return "settings for --set KEY=VALUE (default in parentheses):\n" + "\n".join(
+        f"  {f.name} ({','.join(map(str, f.default)) if isinstance(f.default, tuple) else f.default})"
+        for f in fields)
+
+
 def register(subparsers, train_subparsers):
-    for name, (help_text, *_rest) in ALGOS.items():
-        p = train_subparsers.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--env", default="CartPole-v1", help="Gymnasium environment id (default CartPole-v1)")
-        p.add_argument("--steps", type=int, help="environment steps to train for (default: the algorithm's budget)")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--out", help="run directory for checkpoints, logs and the plot "
-                                     "(default runs/<algo>-<env>-seed<seed>)")
-        p.add_argument("--lr", type=float, help="learning rate")
+    for name, (help_text, module, config_name, _) in ALGOS.items():
+        try:
+            import importlib
+            epilog = _settings_help(getattr(importlib.import_module(module), config_name))
+        except ImportError:  # no gymnasium: the command then explains what to install
+            epilog = None
+        p = train_subparsers.add_parser(name, help=help_text, description=help_text, epilog=epilog)
+        p.add_argument("--env", default="CartPole-v1", help="Gymnasium environment id")
+        p.add_argument("--steps", type=positive_int, help="environment steps to train for (default: the algorithm's "
+                                                          "total_steps below)")
+        p.add_argument("--lr", type=positive_float, help="learning rate (default: lr below)")
         p.add_argument("--hide-velocity", action="store_true",
                        help="partially observable CartPole: drop the two velocity components")
-        p.add_argument("--history", type=int, help="stack the last K observations (default 8 with --network lstm, else 1)")
+        p.add_argument("--history", type=positive_int,
+                       help="stack the last K observations (default 8 with --network lstm, else 1)"
+                       if name == "dqn" else "stack the last K observations (default 1)")
         if name == "dqn":
             p.add_argument("--network", choices=["mlp", "lstm"], help="Q-network (default mlp)")
             p.add_argument("--double", action="store_true", help="Double DQN targets")
         if name == "a2c":
-            p.add_argument("--num-envs", type=int, help="parallel environments (default 8)")
+            p.add_argument("--num-envs", type=positive_int, help="parallel environments (default 8)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override any setting of the algorithm's config (repeatable)")
-        p.add_argument("--eval-episodes", type=int, default=100,
-                       help="greedy episodes for the final evaluation of the best checkpoint")
-        p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for small nets)")
-        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+                       help="override any setting listed below (repeatable)")
+        p.add_argument("--eval-episodes", type=nonnegative_int, default=100,
+                       help="greedy episodes for the final evaluation of the best checkpoint (0 = none)")
+        add_run_args(p, f"{name}-<env>{'-<network>' if name == 'dqn' else ''}-seed<seed>", threads_default=1)
         p.set_defaults(func=train)
 
     p = subparsers.add_parser("eval", help="evaluate an RL checkpoint (greedy policy)")
     p.add_argument("--checkpoint", required=True, help="path to a best.pt / last.pt from fastseq train")
-    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--episodes", type=positive_int, default=100)
     p.add_argument("--seed", type=int, default=10**6, help="episode i resets with seed+i")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=nonnegative_int, default=1, help="torch CPU threads (0 = torch's default)")
     p.set_defaults(func=evaluate)

@@ -2,6 +2,7 @@
 linear epsilon-greedy exploration, Huber loss, gradient clipping, optional Double DQN."""
 import copy
 import dataclasses
+import types
 
 import numpy as np
 import torch
@@ -11,7 +12,8 @@ from .envs import check_spaces, make_env
 from .networks import build_network
 from .replay import ReplayBuffer
 from .schedules import LinearSchedule
-from .training import TrainingRun, config_dict
+from .settings import AT_LEAST_1, POSITIVE, UNIT, check
+from .training import TrainingRun
 
 
 @dataclasses.dataclass
@@ -41,16 +43,11 @@ class DQNConfig:
     stop_when_solved: bool = True
 
     def validate(self):
-        checks = [("total_steps", self.total_steps >= 1), ("lr", self.lr > 0),
-                  ("gamma", 0 <= self.gamma <= 1), ("buffer_size", self.buffer_size >= 1),
-                  ("batch_size", self.batch_size >= 1), ("train_every", self.train_every >= 1),
-                  ("gradient_steps", self.gradient_steps >= 1),
-                  ("target_update_every", self.target_update_every >= 1),
-                  ("tau", 0 < self.tau <= 1), ("eps_fraction", 0 <= self.eps_fraction <= 1),
-                  ("network", self.network in ("mlp", "lstm")), ("eval_every", self.eval_every >= 1)]
-        for name, ok in checks:
-            if not ok:
-                raise ValueError(f"DQNConfig.{name}: invalid value {getattr(self, name)!r}")
+        check(self, {"total_steps": AT_LEAST_1, "lr": POSITIVE, "gamma": UNIT, "buffer_size": AT_LEAST_1,
+                     "batch_size": AT_LEAST_1, "train_every": AT_LEAST_1, "gradient_steps": AT_LEAST_1,
+                     "target_update_every": AT_LEAST_1, "tau": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+                     "eps_fraction": UNIT, "network": (lambda v: v in ("mlp", "lstm"), "mlp or lstm"),
+                     "eval_every": AT_LEAST_1})
 
 
 def network_spec(config, obs_shape, n_actions):
@@ -105,52 +102,60 @@ class DQNLearner:
 
 
 def train_dqn(env_id, config=None, seed=0, out_dir="runs/dqn", hide_velocity=False, history=1,
-              progress=True):
-    """Trains, keeps best.pt (best greedy evaluation) and last.pt in out_dir; returns a summary."""
+              progress=True, device="cpu", **run_options):
+    """Trains, keeps best.pt (best greedy evaluation) and last.pt in out_dir; returns a summary.
+    run_options (resume, overwrite, tensorboard, final_episodes) go to TrainingRun."""
     config = config or DQNConfig()
     config.validate()
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    device = torch.device(device)
     env_spec = {"env_id": env_id, "hide_velocity": bool(hide_velocity), "history": int(history)}
-    env = make_env(**env_spec)
-    n_actions, obs_shape = check_spaces(env, "dqn", env_id)
-    spec = network_spec(config, obs_shape, n_actions)
-    qnet = build_network(spec)
-    learner = DQNLearner(qnet, config)
-    buffer = ReplayBuffer(config.buffer_size, obs_shape, seed=seed)
-    epsilon = LinearSchedule(config.eps_start, config.eps_end, config.eps_fraction * config.total_steps)
-    target = env.spec.reward_threshold if env.spec is not None else None
-    run = TrainingRun(algo="dqn", env_spec=env_spec, network_spec=spec, config=config_dict(config),
-                      total_steps=config.total_steps, out_dir=out_dir,
-                      eval_episodes=config.eval_episodes, confirm_episodes=config.confirm_episodes,
-                      target_return=target, progress=progress)
-    obs, _ = env.reset(seed=seed)
-    episode_return, step = 0.0, 0
-    for step in range(1, config.total_steps + 1):
-        eps = epsilon(step)
-        if rng.random() < eps:
-            action = int(rng.integers(n_actions))
-        else:
-            with torch.no_grad():
-                action = int(qnet(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)).argmax())
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        buffer.add(obs, action, reward, next_obs, terminated)
-        episode_return += reward
-        obs = next_obs
-        if terminated or truncated:
-            run.episode_done(step, episode_return)
-            episode_return = 0.0
-            obs, _ = env.reset()
-        if step >= config.learning_starts:
-            if step % config.train_every == 0:
-                for _ in range(config.gradient_steps):
-                    learner.update(buffer.sample(config.batch_size))
-            if config.tau >= 1.0 and step % config.target_update_every == 0:
-                learner.sync_target()
-            if step % config.eval_every == 0 and run.evaluate(step, qnet) and config.stop_when_solved:
-                break
-        if step % 250 == 0:
-            run.show(step, eps=eps)
-    env.close()
-    return run.finish(step, qnet)
-
+    with TrainingRun(algo="dqn", out_dir=out_dir, progress=progress, **run_options) as run:
+        # Everything the loop changes lives in `s`, so an interrupt can save it whole.
+        s = run.resumed_state()
+        if s is None:
+            torch.manual_seed(seed)
+            env = make_env(**env_spec)
+            n_actions, obs_shape = check_spaces(env, "dqn", env_id)
+            spec = network_spec(config, obs_shape, n_actions)
+            s = types.SimpleNamespace(
+                step=0, env=env, spec=spec, n_actions=n_actions, episode_return=0.0,
+                learner=DQNLearner(build_network(spec).to(device), config),
+                buffer=ReplayBuffer(config.buffer_size, obs_shape, seed=seed),
+                rng=np.random.default_rng(seed), obs=env.reset(seed=seed)[0])
+        qnet = s.learner.qnet
+        epsilon = LinearSchedule(config.eps_start, config.eps_end, config.eps_fraction * config.total_steps)
+        target = s.env.spec.reward_threshold if s.env.spec is not None else None
+        run.begin(env_spec=env_spec, network_spec=s.spec, config=config, model=qnet, step=s.step,
+                  eval_episodes=config.eval_episodes, confirm_episodes=config.confirm_episodes,
+                  target_return=target, device=device)
+        while s.step < config.total_steps:
+            s.step += 1
+            step = s.step
+            eps = epsilon(step)
+            if s.rng.random() < eps:
+                action = int(s.rng.integers(s.n_actions))
+            else:
+                with torch.no_grad():
+                    obs_t = torch.as_tensor(s.obs, dtype=torch.float32, device=device).unsqueeze(0)
+                    action = int(qnet(obs_t).argmax())
+            next_obs, reward, terminated, truncated, _ = s.env.step(action)
+            s.buffer.add(s.obs, action, reward, next_obs, terminated)
+            s.episode_return += reward
+            s.obs = next_obs
+            if terminated or truncated:
+                run.episode_done(step, s.episode_return)
+                s.episode_return = 0.0
+                s.obs, _ = s.env.reset()
+            if step >= config.learning_starts:
+                if step % config.train_every == 0:
+                    losses = [s.learner.update([t.to(device) for t in s.buffer.sample(config.batch_size)])
+                              for _ in range(config.gradient_steps)]
+                    run.update_done(step, float(np.mean(losses)))
+                if config.tau >= 1.0 and step % config.target_update_every == 0:
+                    s.learner.sync_target()
+                if step % config.eval_every == 0 and run.evaluate(step, qnet) and config.stop_when_solved:
+                    break
+            if step % 250 == 0:
+                run.show(step, eps=eps)
+            run.check_stop(step, qnet, s)
+        return run.finish(s.step, qnet, s)

@@ -19,11 +19,12 @@ class Evaluator:
     def run(self, policy, seed):
         """Mean-able array of each episode's return; episode i resets with seed + i."""
         envs = self.envs
+        device = next(policy.parameters(), torch.empty(0)).device  # a parameter-free policy: cpu
         obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
         returns = np.zeros(len(envs))
         active = list(range(len(envs)))
         while active:
-            batch = torch.as_tensor(np.stack([obs[i] for i in active]), dtype=torch.float32)
+            batch = torch.as_tensor(np.stack([obs[i] for i in active]), dtype=torch.float32, device=device)
             actions = policy.greedy(batch).tolist()
             still = []
             for i, action in zip(active, actions):

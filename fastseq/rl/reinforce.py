@@ -1,5 +1,6 @@
 """REINFORCE (Monte-Carlo policy gradient) with a learned state-value baseline."""
 import dataclasses
+import types
 
 import numpy as np
 import torch
@@ -7,7 +8,8 @@ import torch.nn.functional as F
 
 from .envs import check_spaces, make_env
 from .networks import build_network
-from .training import TrainingRun, config_dict
+from .settings import AT_LEAST_1, POSITIVE, UNIT, check
+from .training import TrainingRun
 
 
 @dataclasses.dataclass
@@ -27,12 +29,8 @@ class ReinforceConfig:
     stop_when_solved: bool = True
 
     def validate(self):
-        checks = [("total_steps", self.total_steps >= 1), ("lr", self.lr > 0), ("value_lr", self.value_lr > 0),
-                  ("gamma", 0 <= self.gamma <= 1), ("episodes_per_update", self.episodes_per_update >= 1),
-                  ("eval_every", self.eval_every >= 1)]
-        for name, ok in checks:
-            if not ok:
-                raise ValueError(f"ReinforceConfig.{name}: invalid value {getattr(self, name)!r}")
+        check(self, {"total_steps": AT_LEAST_1, "lr": POSITIVE, "value_lr": POSITIVE, "gamma": UNIT,
+                     "episodes_per_update": AT_LEAST_1, "eval_every": AT_LEAST_1})
 
 
 def discounted_returns(rewards, gamma):
@@ -67,62 +65,70 @@ def policy_gradient_losses(model, obs, actions, returns, normalize, entropy_coef
 
 
 def train_reinforce(env_id, config=None, seed=0, out_dir="runs/reinforce", hide_velocity=False, history=1,
-                    progress=True):
+                    progress=True, device="cpu", **run_options):
     config = config or ReinforceConfig()
     config.validate()
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    device = torch.device(device)
     env_spec = {"env_id": env_id, "hide_velocity": bool(hide_velocity), "history": int(history)}
-    env = make_env(**env_spec)
-    n_actions, obs_shape = check_spaces(env, "reinforce", env_id)
-    spec = {"kind": "actor_critic", "obs_shape": list(obs_shape), "n_actions": n_actions,
-            "kwargs": {"hidden": list(config.hidden)}}
-    model = build_network(spec)
-    policy_opt = torch.optim.Adam(model.policy.parameters(), lr=config.lr)
-    value_opt = torch.optim.Adam(model.value.parameters(), lr=config.value_lr)
-    target = env.spec.reward_threshold if env.spec is not None else None
-    run = TrainingRun(algo="reinforce", env_spec=env_spec, network_spec=spec,
-                      config=config_dict(config),
-                      total_steps=config.total_steps, out_dir=out_dir, eval_episodes=config.eval_episodes,
-                      confirm_episodes=config.confirm_episodes, target_return=target, progress=progress)
-    step, next_eval, solved = 0, config.eval_every, False
-    obs, _ = env.reset(seed=seed)
-    batch_obs, batch_actions, batch_returns, episodes_in_batch = [], [], [], 0
-    ep_rewards = []
-    while step < config.total_steps and not solved:
-        with torch.no_grad():
-            logits = model.policy(torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1))[0].numpy()
-        action = sample_action(logits, rng)
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        batch_obs.append(obs)
-        batch_actions.append(action)
-        ep_rewards.append(reward)
-        obs = next_obs
-        step += 1
-        if terminated or truncated:
-            # A time-limit cut is treated as the end: the Monte-Carlo return cannot see past it.
-            batch_returns.append(discounted_returns(ep_rewards, config.gamma))
-            run.episode_done(step, sum(ep_rewards))
-            ep_rewards = []
-            episodes_in_batch += 1
-            obs, _ = env.reset()
-            if episodes_in_batch == config.episodes_per_update:
-                obs_t = torch.as_tensor(np.array(batch_obs), dtype=torch.float32)
-                policy_loss, value_loss = policy_gradient_losses(
-                    model, obs_t, torch.as_tensor(batch_actions), torch.from_numpy(np.concatenate(batch_returns)),
-                    config.normalize_advantages, config.entropy_coef)
-                policy_opt.zero_grad(set_to_none=True)
-                value_opt.zero_grad(set_to_none=True)
-                (policy_loss + value_loss).backward()  # the two nets share no parameters
-                torch.nn.utils.clip_grad_norm_(model.policy.parameters(), config.grad_clip)
-                torch.nn.utils.clip_grad_norm_(model.value.parameters(), config.grad_clip)
-                policy_opt.step()
-                value_opt.step()
-                batch_obs, batch_actions, batch_returns, episodes_in_batch = [], [], [], 0
-                # Evaluate between updates, never mid-batch.
-                if step >= next_eval:
-                    next_eval += config.eval_every
-                    solved = run.evaluate(step, model) and config.stop_when_solved
-            run.show(step)
-    env.close()
-    return run.finish(step, model)
+    with TrainingRun(algo="reinforce", out_dir=out_dir, progress=progress, **run_options) as run:
+        s = run.resumed_state()  # the loop's whole state, saved whole on an interrupt
+        if s is None:
+            torch.manual_seed(seed)
+            env = make_env(**env_spec)
+            n_actions, obs_shape = check_spaces(env, "reinforce", env_id)
+            spec = {"kind": "actor_critic", "obs_shape": list(obs_shape), "n_actions": n_actions,
+                    "kwargs": {"hidden": list(config.hidden)}}
+            model = build_network(spec).to(device)
+            s = types.SimpleNamespace(
+                step=0, next_eval=config.eval_every, env=env, spec=spec, model=model,
+                policy_opt=torch.optim.Adam(model.policy.parameters(), lr=config.lr),
+                value_opt=torch.optim.Adam(model.value.parameters(), lr=config.value_lr),
+                rng=np.random.default_rng(seed), obs=env.reset(seed=seed)[0],
+                batch_obs=[], batch_actions=[], batch_returns=[], episodes_in_batch=0, ep_rewards=[])
+        model = s.model
+        target = s.env.spec.reward_threshold if s.env.spec is not None else None
+        run.begin(env_spec=env_spec, network_spec=s.spec, config=config, model=model, step=s.step,
+                  eval_episodes=config.eval_episodes, confirm_episodes=config.confirm_episodes,
+                  target_return=target, device=device)
+        solved = False
+        while s.step < config.total_steps and not solved:
+            with torch.no_grad():
+                obs_t = torch.as_tensor(s.obs, dtype=torch.float32, device=device).reshape(1, -1)
+                logits = model.policy(obs_t)[0].cpu().numpy()
+            action = sample_action(logits, s.rng)
+            next_obs, reward, terminated, truncated, _ = s.env.step(action)
+            s.batch_obs.append(s.obs)
+            s.batch_actions.append(action)
+            s.ep_rewards.append(reward)
+            s.obs = next_obs
+            s.step += 1
+            if terminated or truncated:
+                # A time-limit cut is treated as the end: the Monte-Carlo return cannot see past it.
+                s.batch_returns.append(discounted_returns(s.ep_rewards, config.gamma))
+                run.episode_done(s.step, sum(s.ep_rewards))
+                s.ep_rewards = []
+                s.episodes_in_batch += 1
+                s.obs, _ = s.env.reset()
+                if s.episodes_in_batch == config.episodes_per_update:
+                    obs_b = torch.as_tensor(np.array(s.batch_obs), dtype=torch.float32, device=device)
+                    policy_loss, value_loss = policy_gradient_losses(
+                        model, obs_b, torch.as_tensor(s.batch_actions, device=device),
+                        torch.from_numpy(np.concatenate(s.batch_returns)).to(device),
+                        config.normalize_advantages, config.entropy_coef)
+                    s.policy_opt.zero_grad(set_to_none=True)
+                    s.value_opt.zero_grad(set_to_none=True)
+                    (policy_loss + value_loss).backward()  # the two nets share no parameters
+                    torch.nn.utils.clip_grad_norm_(model.policy.parameters(), config.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(model.value.parameters(), config.grad_clip)
+                    s.policy_opt.step()
+                    s.value_opt.step()
+                    run.update_done(s.step, (policy_loss + value_loss).item())
+                    s.batch_obs, s.batch_actions, s.batch_returns, s.episodes_in_batch = [], [], [], 0
+                    # Evaluate between updates, never mid-batch.
+                    if s.step >= s.next_eval:
+                        s.next_eval += config.eval_every
+                        solved = run.evaluate(s.step, model) and config.stop_when_solved
+                run.show(s.step)
+            if not solved:
+                run.check_stop(s.step, model, s)
+        return run.finish(s.step, model, s)
