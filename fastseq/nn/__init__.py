@@ -29,3 +29,6 @@ from .attention import MultiheadAttention  # noqa: E402,F401
 from .transformer import (  # noqa: E402,F401
     Transformer, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
     TransformerEncoderLayer)
+
+# ---- attention over feature maps (not in torch.nn) ----
+from .conv_attention import SelfAttention2d  # noqa: E402,F401
