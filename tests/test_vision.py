@@ -158,7 +158,8 @@ def tiny_captioner():
     torch.manual_seed(0)
     scenes = ShapeScenes(8, size=16, seed=1)
     vocab = TokenVocab(WORDS)
-    model = Captioner(len(vocab), "soft", image_size=16, channels=(8, 16), embed=16, hidden=32, attn_dim=16)
+    model = Captioner(len(vocab), "soft", image_size=16, channels=(8, 16), kernels=(3, 1), coords=True,
+                      feed="where", embed=16, hidden=32, attn_dim=16)
     tgt_in, tgt = encode_captions(vocab, scenes.captions, "cpu")
 
     def loss():
@@ -185,6 +186,13 @@ def test_captioner_sampling_is_reproducible(tiny_captioner):
     draws = [model.decode(scenes.images, MAX_WORDS, temperature=3.0,
                           generator=torch.Generator().manual_seed(s))[0] for s in (5, 5, 6)]
     assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+
+
+def test_captioner_bad_settings():
+    with pytest.raises(ValueError, match="'where' needs --attention soft and --coords"):
+        Captioner(20, "soft", feed="where")
+    with pytest.raises(ValueError, match="--kernels: expected 3 odd sizes"):
+        Captioner(20, "soft", kernels=(3, 2, 1))
 
 
 def test_captioner_without_attention_overfits():
@@ -341,7 +349,7 @@ def test_bad_arguments_exit_2(argv, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["train", "captioner", "--image-size", "30"], "--image-size: expected a multiple of 4"),
+    (["train", "captioner", "--image-size", "30"], "--image-size: expected a multiple of 4 (2**pools)"),
     (["train", "cnn", "--canvas-size", "10"], "--canvas-size: expected at least 24"),
     (["caption", "--checkpoint", "missing.pt", "--random"], "--checkpoint: no such file"),
 ])

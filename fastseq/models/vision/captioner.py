@@ -1,8 +1,9 @@
 """Image captioner ("one to many"): a small CNN encoder and an LSTMCell decoder. With
 attention "none" the pooled CNN feature initialises the decoder and is all it sees; with
 "soft" the decoder also attends over the CNN's grid of features at every word (additive
-attention recomputed from its previous state, Show, Attend and Tell). Teacher forcing for
-training; greedy, sampled and beam-search decoding."""
+attention recomputed from its previous state, Show, Attend and Tell), optionally with
+each cell's coordinates in its feature and an LSTM that reads only where it looked (see
+`feed`). Teacher forcing for training; greedy, sampled and beam-search decoding."""
 import torch
 
 from ..layers import layers_for
@@ -10,40 +11,65 @@ from ..seq2seq import BOS, EOS, PAD, AdditiveAttention
 from .encoder import ConvEncoder
 
 ATTENTIONS = ("none", "soft")
+FEEDS = ("context", "where")
 
 
 class Captioner(torch.nn.Module):
     kind = "captioner"
 
     def __init__(self, vocab_size: int, attention: str = "soft", image_size: int = 32,
-                 channels=(32, 64, 64), embed: int = 32, hidden: int = 128, attn_dim: int = 64,
+                 channels=(32, 64, 64), pools: int = 2, kernels=None, coords: bool = False, feed: str = "context", embed: int = 32, hidden: int = 128, attn_dim: int = 64,
                  impl: str = "fastseq"):
         super().__init__()
         if attention not in ATTENTIONS:
             raise ValueError(f"--attention: expected one of {ATTENTIONS}, got {attention!r}")
-        if image_size < 8 or image_size % 4:
-            raise ValueError(f"--image-size: expected a multiple of 4, at least 8, got {image_size}")
+        if pools > len(channels):
+            raise ValueError(f"--pools: expected at most one per CNN block ({len(channels)}), got {pools}")
+        if image_size % 2 ** pools or image_size < 2 ** (pools + 1):
+            raise ValueError(f"--image-size: expected a multiple of {2 ** pools} (2**pools), at least "
+                             f"{2 ** (pools + 1)}, got {image_size}")
+        if feed not in FEEDS or (feed == "where" and not (coords and attention == "soft")):
+            raise ValueError(f"--feed: expected one of {FEEDS} ('where' needs --attention soft and "
+                             f"--coords), got {feed!r}")
         nn, _ = layers_for(impl)
         self.config = dict(vocab_size=vocab_size, attention=attention, image_size=image_size,
-                           channels=list(channels), embed=embed, hidden=hidden, attn_dim=attn_dim,
+                           channels=list(channels), pools=pools,
+                           kernels=list(kernels) if kernels else None, coords=coords, feed=feed, embed=embed, hidden=hidden, attn_dim=attn_dim,
                            impl=impl)
         self.attention_kind = attention
-        # Two pools: a 32x32 image gives an 8x8 grid, each cell 4x4 pixels.
-        self.encoder = ConvEncoder(3, channels, pools=2, impl=impl)
-        feat = self.encoder.out_channels
-        self.grid = image_size // 4
-        self.init_state = nn.Linear(feat, 2 * hidden)
+        # Each pool halves the grid: two turn a 32x32 scene into 8x8 cells of 4x4 pixels.
+        self.encoder = ConvEncoder(3, channels, pools=pools, impl=impl, kernels=kernels)
+        self.grid = image_size // 2 ** pools
+        # coords: each cell's (y, x) in [-1, 1] joins its feature, so attention can pick
+        # cells by place ("the next object to the right") and not only by content.
+        self.coords = coords
+        feat = self.encoder.out_channels + (2 if coords else 0)
         self.embed = nn.Embedding(vocab_size, embed, padding_idx=PAD)
         context = feat if attention == "soft" else 0
         if attention == "soft":
             self.attention = AdditiveAttention(nn, feat, hidden, attn_dim)
-        self.decoder = nn.LSTMCell(embed + context, hidden)
+        # feed "context": the LSTM reads the whole attended feature (Show, Attend and Tell).
+        # feed "where": it reads only the attended place (the coordinates' weighted mean)
+        # and starts from a blank state, so what an object looks like reaches a word only
+        # through that word's own attention: the words must look at what they name.
+        self.feed = feed
+        self.hidden = hidden
+        if feed == "context":
+            self.init_state = nn.Linear(self.encoder.out_channels, 2 * hidden)
+        self.decoder = nn.LSTMCell(embed + (2 if feed == "where" else context), hidden)
         self.out = nn.Linear(hidden + context + embed, vocab_size)
 
     def encode(self, images):
         """images (B, 3, S, S) -> memory (features (N, B, C), keys or None), first state."""
         feats = self.encoder(images).flatten(2).permute(2, 0, 1)  # (N, B, C), N = grid cells
-        h0, c0 = torch.tanh(self.init_state(feats.mean(0))).chunk(2, dim=-1)
+        if self.feed == "where":
+            h0 = c0 = feats.new_zeros(feats.shape[1], self.hidden)
+        else:
+            h0, c0 = torch.tanh(self.init_state(feats.mean(0))).chunk(2, dim=-1)
+        if self.coords:
+            axis = torch.linspace(-1, 1, self.grid, device=images.device, dtype=feats.dtype)
+            yx = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 1, 2)
+            feats = torch.cat([feats, yx.expand(-1, feats.shape[1], -1)], -1)
         keys = self.attention.enc_proj(feats) if self.attention_kind == "soft" else None
         return (feats, keys), (h0.contiguous(), c0.contiguous())
 
@@ -54,7 +80,8 @@ class Captioner(torch.nn.Module):
         if self.attention_kind == "soft":
             mask = torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)
             context, weights = self.attention(state[0], feats, keys, mask)
-            h, c = self.decoder(torch.cat([emb, context], -1), state)
+            read = context[:, -2:] if self.feed == "where" else context
+            h, c = self.decoder(torch.cat([emb, read], -1), state)
             return self.out(torch.cat([h, context, emb], -1)), (h, c), weights
         h, c = self.decoder(emb, state)
         return self.out(torch.cat([h, emb], -1)), (h, c), None

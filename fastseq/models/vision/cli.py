@@ -4,7 +4,7 @@ import argparse
 
 from ...cliargs import add_device_args, add_run_args, nonnegative_float, nonnegative_int, positive_float, positive_int
 from ..layers import IMPLS
-from .captioner import ATTENTIONS
+from .captioner import ATTENTIONS, FEEDS
 from .data_digits import CANVASES
 from .ram import CORES
 
@@ -66,10 +66,20 @@ def register(subparsers, train_subparsers):
     _common(p, "captioner", steps=2000, batch_size=64, lr=3e-3, eval_every=250, run=_train_captioner)
     p.add_argument("--attention", choices=ATTENTIONS, default="soft",
                    help="none: the pooled feature starts the decoder; soft: attend over the grid every word")
-    p.add_argument("--image-size", type=positive_int, default=32, help="scene side in pixels (a multiple of 4)")
+    p.add_argument("--image-size", type=positive_int, default=32, help="scene side in pixels (a multiple of 2**pools)")
     p.add_argument("--train-scenes", type=positive_int, default=8000)
     p.add_argument("--val-scenes", type=positive_int, default=500, help="held-out scenes, and as many unseen-combination ones")
     p.add_argument("--channels", type=int_list, default=[32, 64, 64], help="CNN widths, comma-separated")
+    p.add_argument("--pools", type=positive_int, default=2,
+                   help="2x2 max-pools in the CNN (the first blocks'); the attention grid is image-size / 2**pools")
+    p.add_argument("--kernels", type=int_list, default=None,
+                   help="convolution size per CNN block (default: soft 3,1,1 so each cell sees "
+                        "only its own pixels; none 3,3,3 so the pooled feature sees shapes whole)")
+    p.add_argument("--coords", action=argparse.BooleanOptionalAction, default=None,
+                   help="append each grid cell's (y, x) to its feature (default: on with soft attention)")
+    p.add_argument("--feed", choices=FEEDS, default=None,
+                   help="what the LSTM reads each word: the attended feature (context) or only where "
+                        "it looked (where; the default with soft attention)")
     p.add_argument("--embed", type=positive_int, default=32)
     p.add_argument("--hidden", type=positive_int, default=128)
     p.add_argument("--attn-dim", type=positive_int, default=64)

@@ -11,7 +11,11 @@ CANVASES = ("translated", "cluttered")
 
 def load_digit_images(scale=3):
     """(images (N, 8*scale, 8*scale) float32 in [0, 1], labels (N,) int64)."""
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ValueError("the digit canvases need scikit-learn's bundled digits: "
+                         "pip install 'fastseq[models]'") from None
 
     digits = load_digits()
     images = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None]

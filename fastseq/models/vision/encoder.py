@@ -27,15 +27,19 @@ class ConvEncoder(torch.nn.Module):
     """(B, in_channels, H, W) -> (B, widths[-1], H / 2**pools, W / 2**pools).
 
     widths: output channels per block; the first `pools` blocks end in a 2x2 max-pool.
+    kernels: convolution size per block (default 3 everywhere).
     attention_after: index of the block followed by SelfAttention2d (None: no attention).
     """
 
-    def __init__(self, in_channels, widths, pools, impl="fastseq", attention_after=None):
+    def __init__(self, in_channels, widths, pools, impl="fastseq", attention_after=None, kernels=None):
         super().__init__()
         nn, _ = layers_for(impl)
+        kernels = kernels or [3] * len(widths)
+        if len(kernels) != len(widths) or min(kernels) < 1 or not all(k % 2 for k in kernels):
+            raise ValueError(f"--kernels: expected {len(widths)} odd sizes (one per block), got {kernels}")
         blocks, channels = [], in_channels
-        for i, width in enumerate(widths):
-            blocks += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU()]
+        for i, (width, kernel) in enumerate(zip(widths, kernels)):
+            blocks += [nn.Conv2d(channels, width, kernel, padding=kernel // 2), nn.ReLU()]
             if i < pools:
                 blocks.append(nn.MaxPool2d(2))
             if i == attention_after:

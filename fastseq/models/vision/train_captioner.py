@@ -106,11 +106,25 @@ class CaptionTask:
         self.generator.set_state(state["generator"])
 
 
+def resolve_defaults(args):
+    """The settings that depend on --attention. Soft attention defaults to local features
+    (3x3 then 1x1 convolutions), cell coordinates and the where-only feed: every word must
+    then look at what it names, which is what the grounding score measures. The pooled
+    feature of "none" needs 3x3 convolutions throughout to see a shape whole."""
+    soft = args.attention == "soft"
+    n = len(args.channels)
+    args.kernels = args.kernels or ([3] + [1] * (n - 1) if soft else [3] * n)
+    args.coords = soft if args.coords is None else args.coords
+    args.feed = args.feed or ("where" if soft else "context")
+
+
 def train_captioner(args):
     device = loop.setup(args)
+    resolve_defaults(args)
     vocab = TokenVocab(WORDS)
     model = Captioner(len(vocab), attention=args.attention, image_size=args.image_size,
-                      channels=args.channels, embed=args.embed, hidden=args.hidden,
+                      channels=args.channels, pools=args.pools,
+                      kernels=args.kernels, coords=args.coords, feed=args.feed, embed=args.embed, hidden=args.hidden,
                       attn_dim=args.attn_dim, impl=args.impl).to(device)
     run = loop.open_run(args, "captioner", args.attention)
     task = CaptionTask(args, vocab, device)

@@ -68,7 +68,8 @@ def plot_caption_attention(image, words, attention, grid, path, title=""):
 
 def plot_glimpses(canvases, locations, patch, scales, predictions, labels, path):
     """canvases (B, 1, H, W), locations (B, G, 2) in [-1, 1] -> a canvas per panel with the
-    glimpse path (numbered) and each glimpse's patch squares (finest solid, coarser dashed)."""
+    glimpse path (numbered), each glimpse's finest patch (solid) and the first glimpse's
+    coarser patches (dashed)."""
     b, _, h, w = canvases.shape
     fig = Figure(figsize=(2.4 * b, 2.7))
     for i in range(b):
@@ -79,7 +80,9 @@ def plot_glimpses(canvases, locations, patch, scales, predictions, labels, path)
         ax.plot(xs, ys, "-", color="#ffcc00", linewidth=1)
         for g, (x, y) in enumerate(zip(xs, ys)):
             colour = GLIMPSE_COLOURS[g % len(GLIMPSE_COLOURS)]
-            for k in range(scales):
+            # Every glimpse's finest patch; the coarser ones of the first glimpse only
+            # (they overlap so much that drawing all would hide the canvas).
+            for k in range(scales if g == 0 else 1):
                 side = patch * 2 ** k
                 ax.add_patch(Rectangle((x - side / 2, y - side / 2), side, side, fill=False,
                                        edgecolor=colour, linewidth=1.2 if k == 0 else 0.6,
