@@ -365,7 +365,7 @@ def test_caption_rejects_a_non_captioner_and_a_bad_image(tmp_path, capsys):
     assert main(["caption", "--checkpoint", path, "--random"]) == 2
     assert "holds a fc model, expected captioner" in capsys.readouterr().err
     cap = str(tmp_path / "cap.pt")
-    checkpoint.save(cap, Captioner(len(WORDS) + 3, "none", image_size=16, channels=(4,), embed=4, hidden=4),
+    checkpoint.save(cap, Captioner(len(WORDS) + 3, "none", image_size=16, channels=(4,), pools=1, embed=4, hidden=4),
                     TokenVocab(WORDS), 1, [])
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
