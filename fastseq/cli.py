@@ -11,6 +11,7 @@ COMMAND_MODULES = [
     "fastseq.bench.cli",
     "fastseq.rl.cli",
     "fastseq.models.cli",
+    "fastseq.models.vision.cli",
 ]
 
 

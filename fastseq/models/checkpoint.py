@@ -7,10 +7,15 @@ from .. import ckptio
 from .char_lm import CharLM
 from .gpt import GPT
 from .seq2seq import Seq2Seq
+from .vision.captioner import Captioner
+from .vision.classifiers import CNNClassifier, FCClassifier
+from .vision.ram import RAM
+from .vision.video import VideoLabeler
 from .vocab import CharVocab, TokenVocab
 
 FORMAT = "fastseq-model-v1"
-MODEL_CLASSES = {cls.kind: cls for cls in (CharLM, GPT, Seq2Seq)}
+MODEL_CLASSES = {cls.kind: cls for cls in (CharLM, GPT, Seq2Seq, Captioner, CNNClassifier,
+                                           FCClassifier, RAM, VideoLabeler)}
 
 
 def save(path, model, vocab, step, history, optimizer=None, scheduler=None, task=None, data=None):
@@ -57,13 +62,22 @@ def build_model(state, impl=None, device="cpu"):
 
 
 def vocab_to_dict(vocab):
+    """None for the classifiers (labels are class indices), else plain lists."""
+    if vocab is None:
+        return None
     if isinstance(vocab, CharVocab):
         return {"chars": vocab.chars}
+    if isinstance(vocab, TokenVocab):
+        return {"tokens": vocab.symbols}
     src, tgt = vocab
     return {"src": src.symbols, "tgt": tgt.symbols}
 
 
 def vocab_from_dict(data):
+    if data is None:
+        return None
+    if "tokens" in data:
+        return TokenVocab(data["tokens"])
     if "chars" in data:
         return CharVocab(data["chars"])
     return TokenVocab(data["src"]), TokenVocab(data["tgt"])

@@ -36,3 +36,6 @@ from . import _interop  # noqa: E402
 _interop.register([LSTM, LSTMCell, GRU, RNN, GRUCell, RNNCell, MultiheadAttention, Transformer,
                    TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
                    TransformerEncoderLayer])
+
+# ---- attention over feature maps (not in torch.nn) ----
+from .conv_attention import SelfAttention2d  # noqa: E402,F401
