@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 
 from .. import checkpoint
-from ..train import resolve_device
 from .captioner import Captioner
 from .data_shapes import ShapeScenes
 from .train_captioner import MAX_WORDS, caption_text
@@ -47,7 +46,7 @@ def caption_command(args):
 
     if args.beam > 1 and args.temperature > 0:
         raise ValueError("--beam and --temperature: choose beam search or sampling, not both")
-    device = resolve_device(args.device)
+    device = torch.device(args.device)  # checked by cliargs.device at parse time
     state = checkpoint.load(args.checkpoint, expect_kind=Captioner.kind)
     model = checkpoint.build_model(state, impl=args.impl, device=device)
     vocab = checkpoint.vocab_from_dict(state["vocab"])

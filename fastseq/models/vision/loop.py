@@ -12,14 +12,14 @@ from ... import progress, runs
 from ...cliargs import apply_threads, threads_in_use
 from ...signals import Interrupted, graceful_interrupt
 from .. import checkpoint
-from ..train import lr_lambda, resolve_device
+from ..train import lr_lambda
 
 
 def setup(args):
     """Threads, seed and device from the common arguments, before any data or model is built."""
     apply_threads(args)
     torch.manual_seed(args.seed)
-    return resolve_device(args.device)
+    return torch.device(args.device)  # checked by cliargs.device at parse time
 
 
 def open_run(args, model_name, *name_parts):
