@@ -153,7 +153,7 @@ def register(subparsers, train_subparsers):
                    help="torch threads (0 = torch's default)")
     p.add_argument("--min-sample-ms", type=_number(float, 1e-3, "a number of ms >= 0.001"), default=20.0, metavar="MS",
                    help="each sample repeats the call for at least this long")
-    p.add_argument("--noise-threshold", type=_number(float, 0.0, "a percentage >= 0"), default=5.0, metavar="PCT",
+    p.add_argument("--noise-threshold", type=_number(float, 0.0, "a percentage >= 0"), default=NoisePolicy.spread_pct, metavar="PCT",
                    help="a case is noisy when either side's IQR exceeds this %% of its median")
     p.add_argument("--max-rounds", type=_number(int, 1, "an integer >= 1"), default=3, metavar="N",
                    help="rounds of samples a noisy case may get in all")

@@ -7,7 +7,10 @@ import numpy as np
 
 @dataclass(frozen=True)
 class NoisePolicy:
-    spread_pct: float = 5.0            # a side whose IQR exceeds this % of its median is noisy
+    # A side whose IQR exceeds this % of its median is noisy. Measured: on an idle 2-core Xeon
+    # (KVM) at 2 threads the full suite's IQRs have median 4.4%, 90th percentile 8.4%; under
+    # load they pass 10% and CPU/wall drops. 5% flagged 40% of an idle run's cases.
+    spread_pct: float = 10.0
     stall_ratio: float = 0.75          # stalled: CPU/wall below this fraction of the side's best sample
     min_cores: float = 0.5             # stalled: the process ran on less than this many cores
     max_stalled_fraction: float = 0.2  # noisy: more than this share of the samples stalled
