@@ -10,6 +10,7 @@
 
 // ---- gru / rnn declarations ----
 #include "gru_rnn/gru_rnn.h"
+#include "recurrent/cpu_engine.h"
 
 // ---- attention declarations ----
 #include "attention/attention.h"
@@ -21,6 +22,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_cpu_gemm_backend", &fastseq::set_cpu_gemm_backend, py::arg("name"),
         "Library for large CPU float32 GEMMs: \"auto\" (oneDNN on AMD, ATen/MKL elsewhere), "
         "\"onednn\" or \"aten\"");
+  m.def("recurrent_engine_settings", [] {
+        py::dict d;
+        d["min_macs_per_thread"] = fastseq::recurrent::get_min_macs_per_thread();
+        return d;
+      }, "the CPU recurrent engine's settings (see set_recurrent_engine_settings)");
+  m.def("set_recurrent_engine_settings", [](int64_t min_macs_per_thread) {
+        fastseq::recurrent::set_min_macs_per_thread(min_macs_per_thread);
+      }, py::arg("min_macs_per_thread"),
+      "multiply-adds per thread and time step below which the CPU recurrent engine uses fewer "
+      "threads (1: every available thread at every size; default 65536)");
   m.def("cpu_gemm_backend", &fastseq::cpu_gemm_backend,
         "The library running large CPU float32 GEMMs now: \"onednn\" or \"aten\"");
   m.attr("compiler") = py::str(

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "common/cpu_activations.h"
 #include "gru_rnn/gru_rnn_backend.h"
 #include "gru_rnn/gru_rnn_math.h"
 
@@ -20,13 +21,8 @@ namespace {
 
 using at::vec::Vectorized;
 
-// Math policy for at::vec vectors (same interface as ScalarMath).
-struct VecMath {
-  template <class V> static V sigmoid(V x) { return (V(1) + x.neg().exp()).reciprocal(); }
-  template <class V> static V tanh(V x) { return x.tanh(); }
-  template <class V> static V relu(V x) { return at::vec::clamp_min(x, V(0)); }
-  template <class V> static V relu_grad_from_output(V y) { return V::blendv(V(0), V(1), y > V(0)); }
-};
+// The CPU kernels' one activation policy (common/cpu_activations.h).
+using VecMath = fastseq::VecActivations;
 
 // Every dtype runs SIMD vectors of its accumulation type: float and double directly,
 // bfloat16 converted to float on load and rounded back on store.

@@ -10,12 +10,15 @@
 #include "gru_rnn/gru_rnn_loops.h"
 
 #include "common/gemm.h"
+#include "recurrent/cpu_engine.h"
 
 #include <ATen/OpMathType.h>
+#include <ATen/ops/add.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
+#include <optional>
 
 namespace fastseq {
 namespace gru_rnn {
@@ -49,6 +52,32 @@ inline at::Tensor first_rows(const at::Tensor& t, int64_t rows) {
 // Buffers whose inactive rows feed a GEMM or the caller must be zero when packed.
 at::Tensor rows_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts, bool packed) {
   return packed ? at::zeros(sizes, opts) : at::empty(sizes, opts);
+}
+
+// The CPU sequence engine (recurrent/cpu_engine.h) in place of the per-step loop: per chunk
+// of steps one input-projection GEMM (gx_bias folded in), then every step of the chunk in
+// one parallel region. Returns the final state.
+at::Tensor engine_forward(recurrent::CellKind kind, const at::Tensor& x, const at::Tensor& h0,
+                          const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& gx_bias,
+                          const at::Tensor& b_hn, const SequencePlan& plan, at::Tensor& out,
+                          void* saved) {
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1), G = w_ih.size(0);
+  const at::Tensor packed = recurrent::pack_forward_weight(w_hh, recurrent::gate_count(kind));
+  at::Tensor h_buf = at::empty({2, B, H}, x.options());
+  h_buf.select(0, 0).copy_(h0);
+  recurrent::ForwardRun run{kind, T, B, H, plan.packed ? plan.rows.data() : nullptr, plan.reverse, 0, 0,
+                            nullptr, 0, h_buf.data_ptr(), nullptr, out.data_ptr(), saved,
+                            b_hn.defined() ? b_hn.data_ptr() : nullptr, &packed};
+  const int64_t K = chunk_steps(T, B * G * x.element_size());
+  for (int64_t s0 = 0; s0 < T; s0 += K) {
+    const int64_t n = std::min(K, T - s0), lo = chunk_first_time(plan, s0, n, T);
+    const at::Tensor gx = linear_nt(x.narrow(0, lo, n).view({n * B, I}), w_ih, gx_bias);
+    run.gx = gx.data_ptr();
+    run.gx_t0 = lo;
+    run.s_begin = s0, run.s_end = s0 + n;
+    recurrent::run_forward(run, x.scalar_type());
+  }
+  return h_buf.select(0, T % 2).clone();
 }
 
 // Walks the steps in processing order: per chunk one input-projection GEMM, then per step
@@ -116,11 +145,19 @@ struct WeightGrads {
 // then dh[:rows] (+)= dgh_t W_hh (replace_dh: h' depends on h only through W_hh). Per
 // chunk, the weight / bias / input gradients of its steps. dgh aliases dgi when the
 // recurrent and input pre-activations coincide (RNN).
+// What the CPU sequence engine needs beyond backward_steps' arguments (kind unset: the
+// per-step loop runs instead).
+struct EngineBackward {
+  std::optional<recurrent::CellKind> kind;
+  const at::Tensor* grad_out = nullptr;
+  const at::Tensor* ws = nullptr;
+};
+
 template <class Step>
 WeightGrads backward_steps(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& out, at::Tensor& dh,
                            const at::Tensor& w_ih, const at::Tensor& w_hh, const SequencePlan& plan,
                            bool need_input_grad, bool need_hx_grad, bool shared_dgh, bool replace_dh,
-                           const Step& step) {
+                           const EngineBackward& engine, const Step& step) {
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1), G = w_ih.size(0);
   const auto opts = x.options();
   const auto acc_opts = opts.dtype(at::toOpMathType(x.scalar_type()));
@@ -133,6 +170,7 @@ WeightGrads backward_steps(const at::Tensor& x, const at::Tensor& h0, const at::
   // A single step's previous state is h0 itself.
   const bool prev_is_h0 = T == 1;
   at::Tensor prev = prev_is_h0 ? h0.unsqueeze(0) : at::empty({K, B, H}, opts);
+  const at::Tensor packed_backward = engine.kind ? recurrent::pack_backward_weight(w_hh) : at::Tensor();
   WeightGrads g;
   g.dx = need_input_grad ? at::empty({T, B, I}, opts) : at::empty({0}, opts);
   if (!one_chunk) {
@@ -148,7 +186,15 @@ WeightGrads backward_steps(const at::Tensor& x, const at::Tensor& h0, const at::
       if (!shared_dgh) dgh.zero_();
     }
     if (!prev_is_h0) previous_states(prev, out, h0, plan, lo, n);
-    for (int64_t s = s_end - 1; s >= s0; --s) {
+    if (engine.kind) {
+      recurrent::BackwardRun run{*engine.kind, T, B, H, plan.packed ? plan.rows.data() : nullptr,
+                                 plan.reverse, T - s_end, T - s0, need_hx_grad, engine.grad_out->data_ptr(),
+                                 dh.data_ptr(), nullptr, nullptr, nullptr, nullptr,
+                                 engine.ws ? engine.ws->data_ptr() : nullptr, prev.data_ptr(), out.data_ptr(),
+                                 dgi.data_ptr(), dgh.data_ptr(), lo, &packed_backward};
+      recurrent::run_backward(run, x.scalar_type());
+    }
+    for (int64_t s = s_end - 1; s >= s0 && !engine.kind; --s) {
       const int64_t t = step_time(plan, s, T), rows = plan.rows[t];
       if (rows == 0) continue;
       step(t, rows, row_ptr(dgi, t - lo), row_ptr(dgh, t - lo), row_ptr(prev, t - lo));
@@ -203,6 +249,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_loop(
   at::Tensor out = rows_buffer({T, B, H}, opts, plan.packed);
   at::Tensor ws = need_workspace ? rows_buffer({T, B, 4 * H}, acc_opts, plan.packed) : at::empty({0}, acc_opts);
   const auto dtype = x.scalar_type();
+  if (recurrent::engine_supports(x)) {
+    // b_hr and b_hz fold into the input projection; b_hn stays inside r * (W_hn h + b_hn).
+    at::Tensor gx_bias = b_ih.clone();
+    gx_bias.narrow(0, 0, 2 * H).add_(b_hh.narrow(0, 0, 2 * H));
+    h = engine_forward(recurrent::CellKind::kGru, x, h0, w_ih, w_hh, gx_bias,
+                       b_hh.narrow(0, 2 * H, H).contiguous(), plan, out,
+                       need_workspace ? ws.data_ptr() : nullptr);
+    return {out, h, ws};
+  }
   forward_steps(x, h, w_ih, w_hh, plan, [&](int64_t t, int64_t rows, void* gi_t, void* gh) {
     GruStepForward step{gi_t, gh, b_ih.data_ptr(), b_hh.data_ptr(), h.data_ptr(), h.data_ptr(), row_ptr(out, t),
                         need_workspace ? row_ptr(ws, t) : nullptr, rows, H};
@@ -221,6 +276,7 @@ std::vector<at::Tensor> gru_backward_loop(
   const auto dtype = x.scalar_type();
   WeightGrads g = backward_steps(
       x, h0, out, dh, w_ih, w_hh, plan, need_input_grad, need_hx_grad, /*shared_dgh=*/false, /*replace_dh=*/false,
+      recurrent::engine_supports(x) ? EngineBackward{recurrent::CellKind::kGru, &grad_out, &ws} : EngineBackward{},
       [&](int64_t t, int64_t rows, void* dgi_t, void* dgh_t, void* prev_t) {
         GruStepBackward step{row_ptr(grad_out, t), dh.data_ptr(), prev_t, row_ptr(ws, t), dgi_t, dgh_t, rows, H};
         backend.gru_backward(dtype, step);
@@ -236,6 +292,11 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward_loop(
   at::Tensor h = h0.clone();
   at::Tensor out = rows_buffer({T, B, H}, x.options(), plan.packed);
   const auto dtype = x.scalar_type();
+  if (recurrent::engine_supports(x)) {
+    h = engine_forward(relu ? recurrent::CellKind::kRnnRelu : recurrent::CellKind::kRnnTanh, x, h0, w_ih,
+                       w_hh, at::add(b_ih, b_hh), at::Tensor(), plan, out, nullptr);
+    return {out, h};
+  }
   forward_steps(x, h, w_ih, w_hh, plan, [&](int64_t t, int64_t rows, void* gi_t, void* gh) {
     RnnStepForward step{gi_t, gh, b_ih.data_ptr(), b_hh.data_ptr(), h.data_ptr(), row_ptr(out, t), rows, H, relu};
     backend.rnn_forward(dtype, step);
@@ -252,6 +313,9 @@ std::vector<at::Tensor> rnn_backward_loop(
   const auto dtype = x.scalar_type();
   WeightGrads g = backward_steps(
       x, h0, out, dh, w_ih, w_hh, plan, need_input_grad, need_hx_grad, /*shared_dgh=*/true, /*replace_dh=*/true,
+      recurrent::engine_supports(x)
+          ? EngineBackward{relu ? recurrent::CellKind::kRnnRelu : recurrent::CellKind::kRnnTanh, &grad_out, nullptr}
+          : EngineBackward{},
       [&](int64_t t, int64_t rows, void* da_t, void*, void*) {
         RnnStepBackward step{row_ptr(grad_out, t), dh.data_ptr(), row_ptr(out, t), da_t, rows, H, relu};
         backend.rnn_backward(dtype, step);

@@ -8,7 +8,7 @@
 #include <type_traits>
 
 #include "lstm/lstm_layer.h"
-#include "lstm/lstm_cpu_act.h"
+#include "common/cpu_activations.h"
 #include "lstm/lstm_math.h"
 
 namespace fastseq {

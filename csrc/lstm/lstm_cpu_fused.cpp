@@ -10,7 +10,7 @@
 #include <algorithm>
 
 #include "lstm/lstm_cpu_fused.h"
-#include "lstm/lstm_cpu_act.h"
+#include "common/cpu_activations.h"
 #include "lstm/lstm_math.h"
 
 namespace fastseq {

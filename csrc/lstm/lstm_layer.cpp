@@ -11,6 +11,7 @@
 
 #include "common/gemm.h"
 #include "lstm/lstm_cpu_fused.h"
+#include "recurrent/cpu_engine.h"
 
 #include <utility>
 
@@ -93,8 +94,29 @@ std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& inp
 
   at::Tensor output = batch_sizes ? at::zeros({T, B, P}, opts) : at::empty({T, B, P}, opts);
   at::Tensor cells = save_for_backward ? at::empty({T, B, H}, opts) : at::empty({0}, opts);
-  at::Tensor h_state = h0.clone(at::MemoryFormat::Contiguous);
   at::Tensor c_state = c0.clone(at::MemoryFormat::Contiguous);
+  if (!proj && recurrent::engine_supports(input)) {
+    // The sequence engine: all steps of each chunk in one parallel region.
+    const at::Tensor packed = recurrent::pack_forward_weight(w_hh, 4);
+    at::Tensor h_buf = at::empty({2, B, H}, opts);
+    h_buf.select(0, 0).copy_(h0);
+    recurrent::ForwardRun run{recurrent::CellKind::kLstm, T, B, H, batch_sizes, reverse, 0, 0,
+                              nullptr, 0, h_buf.data_ptr(), c_state.data_ptr(), output.data_ptr(),
+                              save_for_backward ? cells.data_ptr() : nullptr, nullptr, &packed};
+    for (int64_t s0 = 0; s0 < T; s0 += chunk) {
+      const int64_t s1 = std::min(T, s0 + chunk);
+      const int64_t t = reverse ? T - 1 - s0 : s0;
+      gates_at(t);  // projects the chunk holding t (all steps when training)
+      run.gx = gates.data_ptr();
+      run.gx_t0 = chunk_lo;
+      run.s_begin = s0, run.s_end = s1;
+      recurrent::run_forward(run, input.scalar_type());
+    }
+    at::Tensor h_n = h_buf.select(0, T % 2).clone();
+    if (!save_for_backward) return {output, h_n, c_state, at::empty({0}, opts), cells};
+    return {output, h_n, c_state, gates.view({T, B, G}), cells};
+  }
+  at::Tensor h_state = h0.clone(at::MemoryFormat::Contiguous);
   at::Tensor h_pre = proj ? at::empty({B, H}, opts) : at::Tensor();
   // CPU float32: packed W_hh and a fused GEMM + gate step; the new h goes to a second
   // buffer because other threads still read the old one within the step.
@@ -172,10 +194,20 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
     h_pre_all = batch_sizes ? at::zeros({T, B, H}, opts) : at::empty({T, B, H}, opts);
   }
 
-  const bool fused = cpu_fused_supported(input);
-  at::Tensor packed = fused ? pack_backward_weight(w_hh) : at::Tensor();
+  const bool engine = !proj && recurrent::engine_supports(input);
+  const bool fused = !engine && cpu_fused_supported(input);
+  at::Tensor packed = fused ? pack_backward_weight(w_hh)
+                            : engine ? recurrent::pack_backward_weight(w_hh) : at::Tensor();
+  if (engine) {  // the sequence engine: every step in one parallel region
+    recurrent::BackwardRun run{recurrent::CellKind::kLstm, T, B, H, batch_sizes, reverse, 0, T,
+                               /*need_last_dh=*/true, dout.data_ptr(), dh_state.data_ptr(),
+                               dc_state.data_ptr(), gates.data_ptr(), cells.data_ptr(),
+                               c0c.data_ptr(), nullptr, nullptr, nullptr, dgates.data_ptr(),
+                               dgates.data_ptr(), 0, &packed};
+    recurrent::run_backward(run, input.scalar_type());
+  }
 
-  for (int64_t s = 0; s < T; ++s) {
+  for (int64_t s = 0; s < T && !engine; ++s) {
     const int64_t t = reverse ? s : T - 1 - s;  // the forward order, undone
     const int64_t rows = active_rows(batch_sizes, t, B);
     if (rows == 0) continue;

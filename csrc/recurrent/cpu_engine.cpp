@@ -1,0 +1,291 @@
+// See cpu_engine.h. Work split: a step's output is cut into tiles (unit blocks x row
+// blocks); each thread takes a contiguous share of the tiles in unit-major order, so while
+// the batch size stays the same it owns the same units, rows and weight panels at every step
+// (its panels stay in its own L2). One barrier per step: forward, because step t+1 reads
+// every unit of h_t; backward, because dh_{t-1} = dG_t W_hh reads every gate of dG_t. The
+// backward pointwise of step t-1 reads only the dh rows and units its own thread wrote at
+// step t (the same tiles), so it needs no second barrier unless the active rows change.
+#include "common/cpu_vec.h"  // first: picks the at::vec ISA
+
+#include "recurrent/cpu_engine.h"
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "recurrent/cpu_cells.h"
+#include "recurrent/cpu_step_gemm.h"
+#include "recurrent/cpu_team.h"
+
+namespace fastseq {
+namespace recurrent {
+namespace {
+
+template <class T>
+constexpr int64_t kW = Vec<T>::size();
+
+inline int64_t time_of(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }
+inline int64_t rows_at(const int64_t* rows, int64_t t, int64_t B) { return rows ? rows[t] : B; }
+
+// The tiles of one step: `ntiles` groups of up to `per_tile` W-wide unit blocks, times the
+// balanced row blocks of the active rows.
+struct Tiling {
+  int64_t nblocks, per_tile, ntiles, rows, row_step, nrow_blocks;
+  Tiling(int64_t nblocks_, int64_t per_tile_, int64_t rows_, int nv_full)
+      : nblocks(nblocks_), per_tile(per_tile_), ntiles((nblocks_ + per_tile_ - 1) / per_tile_),
+        rows(rows_), row_step(row_block(rows_, nv_full)),
+        nrow_blocks(row_step ? (rows_ + row_step - 1) / row_step : 0) {}
+  int64_t tasks() const { return ntiles * nrow_blocks; }
+  // Task -> first unit block, block count, first row, row count.
+  void task(int64_t i, int64_t& b0, int64_t& nb, int64_t& r0, int64_t& nr) const {
+    const int64_t tile = i / nrow_blocks, rb = i % nrow_blocks;
+    b0 = tile * per_tile;
+    nb = std::min(per_tile, nblocks - b0);
+    r0 = rb * row_step;
+    nr = std::min(row_step, rows - r0);
+  }
+};
+
+// Unit blocks per tile: as many as the kernel's NV weight vectors hold (4 / gates), fewer
+// when that would leave threads without a tile.
+int64_t blocks_per_tile(int64_t nblocks, int64_t gates, int team) {
+  const int64_t fit = std::max<int64_t>(1, kMaxVectors / gates);
+  return std::clamp<int64_t>((nblocks + team - 1) / team, 1, fit);
+}
+
+template <class T, class Cell>
+void forward_impl(const ForwardRun& run) {
+  constexpr int64_t W = kW<T>;
+  constexpr int G = Cell::kGates;
+  const int64_t T_ = run.T, B = run.B, H = run.H, GH = G * H, nub = (H + W - 1) / W;
+  T* const gx = static_cast<T*>(run.gx);
+  T* const hbuf = static_cast<T*>(run.h);
+  T* const out = static_cast<T*>(run.out);
+  T* const saved = static_cast<T*>(run.saved);
+  const T* const panels = run.packed->data_ptr<T>();
+  const int64_t saved_row = run.kind == CellKind::kGru ? 4 * H : H;
+  const int threads = team_size_for(B * GH * H);
+
+  run_team(threads, [&](int tid, int team, StepBarrier& barrier) {
+    const int64_t per_tile = blocks_per_tile(nub, G, team);
+    for (int64_t s = run.s_begin; s < run.s_end; ++s) {
+      const int64_t t = time_of(s, T_, run.reverse), rows = rows_at(run.rows, t, B);
+      ForwardStep<T> step{gx + (t - run.gx_t0) * B * GH, hbuf + (s & 1) * B * H,
+                          hbuf + ((s + 1) & 1) * B * H, out + t * B * H,
+                          static_cast<T*>(run.c), saved ? saved + t * B * saved_row : nullptr,
+                          static_cast<const T*>(run.b_hn), H};
+      const Tiling tiling(nub, per_tile, rows, static_cast<int>(std::min<int64_t>(per_tile * G, kMaxVectors)));
+      int64_t begin, end;
+      split_range(tiling.tasks(), tid, team, begin, end);
+      for (int64_t i = begin; i < end; ++i) {
+        int64_t b0, nb, r0, nr;
+        tiling.task(i, b0, nb, r0, nr);
+        dispatch_tile(static_cast<int>(nr), static_cast<int>(nb * G), [&]<int R, int NV>() {
+          const T* b[NV];
+          for (int v = 0; v < NV; ++v) b[v] = panels + (b0 + v / G) * H * G * W + (v % G) * W;
+          Vec<T> acc[R][NV];
+          accumulate<R, NV>(step.h_prev + r0 * H, H, H, b, G * W, acc, true);
+          for (int r = 0; r < R; ++r)
+            for (int q = 0; q < NV / G; ++q) {
+              const int64_t u = (b0 + q) * W;
+              Cell::forward(step, r0 + r, u, static_cast<int>(std::min<int64_t>(W, H - u)), &acc[r][q * G]);
+            }
+        });
+      }
+      if (rows < B) {  // rows not started (reverse) or finished: their state carries over
+        int64_t u0, u1;
+        split_range(nub, tid, team, u0, u1);
+        u0 *= W, u1 = std::min(H, u1 * W);
+        for (int64_t r = rows; r < B && u1 > u0; ++r) {
+          std::memcpy(step.h_next + r * H + u0, step.h_prev + r * H + u0, (u1 - u0) * sizeof(T));
+          if (run.kind == CellKind::kLstm && step.saved)
+            std::memcpy(step.saved + r * H + u0, step.c + r * H + u0, (u1 - u0) * sizeof(T));
+        }
+      }
+      barrier.wait();
+    }
+  });
+}
+
+template <class T, class Cell>
+void backward_impl(const BackwardRun& run) {
+  constexpr int64_t W = kW<T>;
+  constexpr int G = Cell::kGates;
+  const int64_t T_ = run.T, B = run.B, H = run.H, GH = G * H, ncb = (H + W - 1) / W;
+  const T* const grad_out = static_cast<const T*>(run.grad_out);
+  T* const dh = static_cast<T*>(run.dh);
+  T* const dgi = static_cast<T*>(run.dgi);
+  T* const dgh = static_cast<T*>(run.dgh);
+  const T* const panels = run.packed->data_ptr<T>();
+  const int threads = team_size_for(B * GH * H);
+
+  run_team(threads, [&](int tid, int team, StepBarrier& barrier) {
+    const int64_t per_tile = blocks_per_tile(ncb, 1, team);
+    int64_t last_rows = -1;
+    for (int64_t s = run.s_begin; s < run.s_end; ++s) {
+      // Backward undoes the forward's order: its first step is the forward's last.
+      const int64_t t = time_of(s, T_, !run.reverse), rows = rows_at(run.rows, t, B);
+      if (rows == 0) continue;
+      const int64_t tb = t - run.buf_t0;
+      const bool forward_first = run.reverse ? t == T_ - 1 : t == 0;
+      const int64_t t_prev = run.reverse ? t + 1 : t - 1;
+      BackwardStep<T> step{grad_out + t * B * H, dh, static_cast<T*>(run.dc), nullptr, nullptr,
+                           nullptr, nullptr, nullptr, nullptr, dgi + tb * B * GH,
+                           dgh + tb * B * GH, H};
+      if constexpr (G == 4) {
+        const T* cells = static_cast<const T*>(run.cells);
+        step.gates = static_cast<const T*>(run.gates) + t * B * GH;
+        step.c = cells + t * B * H;
+        step.c_prev = forward_first ? static_cast<const T*>(run.c0) : cells + t_prev * B * H;
+      } else if constexpr (G == 3) {
+        step.ws = static_cast<const T*>(run.ws) + t * B * 4 * H;
+        step.h_prev = static_cast<const T*>(run.h_prev) + tb * B * H;
+      } else {
+        step.h_new = static_cast<const T*>(run.out) + t * B * H;
+      }
+      const Tiling tiling(ncb, per_tile, rows, static_cast<int>(per_tile));
+      int64_t begin, end;
+      split_range(tiling.tasks(), tid, team, begin, end);
+      // A new set of active rows moves tiles between threads: dh rows written by another
+      // thread's GEMM of the previous step must be complete before they are read.
+      if (rows != last_rows && last_rows >= 0) barrier.wait();
+      last_rows = rows;
+      for (int64_t i = begin; i < end; ++i) {
+        int64_t b0, nb, r0, nr;
+        tiling.task(i, b0, nb, r0, nr);
+        for (int64_t r = r0; r < r0 + nr; ++r)
+          for (int64_t cb = b0; cb < b0 + nb; ++cb)
+            Cell::backward(step, r, cb * W, static_cast<int>(std::min<int64_t>(W, H - cb * W)));
+      }
+      barrier.wait();
+      if (s == run.s_end - 1 && !run.need_last_dh && forward_first) continue;
+      for (int64_t i = begin; i < end; ++i) {
+        int64_t b0, nb, r0, nr;
+        tiling.task(i, b0, nb, r0, nr);
+        dispatch_tile(static_cast<int>(nr), static_cast<int>(nb), [&]<int R, int NV>() {
+          const T* b[NV];
+          for (int v = 0; v < NV; ++v) b[v] = panels + (b0 + v) * GH * W;
+          Vec<T> acc[R][NV];
+          accumulate<R, NV>(step.dgh + r0 * GH, GH, GH, b, W, acc, true);
+          for (int r = 0; r < R; ++r)
+            for (int v = 0; v < NV; ++v) {
+              const int64_t col = (b0 + v) * W;
+              const int n = static_cast<int>(std::min<int64_t>(W, H - col));
+              T* d = dh + (r0 + r) * H + col;
+              if constexpr (Cell::kReplaceDh) acc[r][v].store(d, n);
+              else (acc[r][v] + Vec<T>::loadu(d, n)).store(d, n);
+            }
+        });
+      }
+    }
+  });
+}
+
+template <class T>
+void forward_typed(const ForwardRun& run) {
+  switch (run.kind) {
+    case CellKind::kLstm: return forward_impl<T, LstmPolicy>(run);
+    case CellKind::kGru: return forward_impl<T, GruPolicy>(run);
+    case CellKind::kRnnTanh: return forward_impl<T, RnnPolicy<false>>(run);
+    case CellKind::kRnnRelu: return forward_impl<T, RnnPolicy<true>>(run);
+  }
+}
+
+template <class T>
+void backward_typed(const BackwardRun& run) {
+  switch (run.kind) {
+    case CellKind::kLstm: return backward_impl<T, LstmPolicy>(run);
+    case CellKind::kGru: return backward_impl<T, GruPolicy>(run);
+    case CellKind::kRnnTanh: return backward_impl<T, RnnPolicy<false>>(run);
+    case CellKind::kRnnRelu: return backward_impl<T, RnnPolicy<true>>(run);
+  }
+}
+
+template <class T>
+at::Tensor pack_forward_typed(const at::Tensor& w, int64_t G) {
+  constexpr int64_t W = kW<T>;
+  const int64_t H = w.size(0) / G, P = w.size(1), nub = (H + W - 1) / W;
+  // Zeros only where a last, partial block of units has padding lanes to fill.
+  at::Tensor packed = H % W ? at::zeros({nub, P, G * W}, w.options()) : at::empty({nub, P, G * W}, w.options());
+  const T* src = w.data_ptr<T>();
+  T* dst = packed.data_ptr<T>();
+  for (int64_t ub = 0; ub < nub; ++ub)
+    for (int64_t q = 0; q < G; ++q)
+      for (int64_t u = 0; u < W && ub * W + u < H; ++u) {
+        const T* row = src + (q * H + ub * W + u) * P;
+        T* d = dst + ub * P * G * W + q * W + u;
+        for (int64_t k = 0; k < P; ++k) d[k * G * W] = row[k];
+      }
+  return packed;
+}
+
+template <class T>
+at::Tensor pack_backward_typed(const at::Tensor& w) {
+  constexpr int64_t W = kW<T>;
+  const int64_t K = w.size(0), P = w.size(1), ncb = (P + W - 1) / W;
+  at::Tensor packed = P % W ? at::zeros({ncb, K, W}, w.options()) : at::empty({ncb, K, W}, w.options());
+  const T* src = w.data_ptr<T>();
+  T* dst = packed.data_ptr<T>();
+  for (int64_t cb = 0; cb < ncb; ++cb) {
+    const int64_t c0 = cb * W, n = std::min<int64_t>(W, P - c0);
+    for (int64_t k = 0; k < K; ++k) std::copy(src + k * P + c0, src + k * P + c0 + n, dst + (cb * K + k) * W);
+  }
+  return packed;
+}
+
+void check_packed(const at::Tensor* packed, c10::ScalarType dtype, const char* what) {
+  TORCH_CHECK(packed && packed->defined() && packed->is_contiguous() && packed->scalar_type() == dtype,
+              "fastseq recurrent engine: ", what, " must be a contiguous ", dtype, " tensor");
+}
+
+}  // namespace
+
+void set_min_macs_per_thread(int64_t macs) {
+  TORCH_CHECK(macs >= 1, "set_recurrent_engine_settings: min_macs_per_thread must be >= 1, got ", macs);
+  min_macs_per_thread().store(macs);
+}
+
+int64_t get_min_macs_per_thread() { return min_macs_per_thread().load(); }
+
+bool engine_supports(const at::Tensor& input) {
+  return input.is_cpu() && (input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble);
+}
+
+at::Tensor pack_forward_weight(const at::Tensor& w_hh, int64_t gates) {
+  const at::Tensor w = w_hh.contiguous();
+  TORCH_CHECK(w.dim() == 2 && w.size(0) == gates * w.size(1), "fastseq recurrent engine: w_hh must be [",
+              gates, " * H, H], got ", w.sizes());
+  return w.scalar_type() == at::kDouble ? pack_forward_typed<double>(w, gates) : pack_forward_typed<float>(w, gates);
+}
+
+at::Tensor pack_backward_weight(const at::Tensor& w_hh) {
+  const at::Tensor w = w_hh.contiguous();
+  return w.scalar_type() == at::kDouble ? pack_backward_typed<double>(w) : pack_backward_typed<float>(w);
+}
+
+void run_forward(const ForwardRun& run, c10::ScalarType dtype) {
+  check_packed(run.packed, dtype, "the packed forward weight");
+  const int64_t G = gate_count(run.kind);
+  const int64_t W = dtype == at::kDouble ? kW<double> : kW<float>;
+  TORCH_CHECK(run.packed->numel() == (run.H + W - 1) / W * run.H * G * W,
+              "fastseq recurrent engine: packed forward weight has ", run.packed->numel(), " elements");
+  if (run.B == 0 || run.H == 0 || run.s_begin >= run.s_end) return;
+  if (dtype == at::kDouble) forward_typed<double>(run);
+  else forward_typed<float>(run);
+}
+
+void run_backward(const BackwardRun& run, c10::ScalarType dtype) {
+  check_packed(run.packed, dtype, "the packed backward weight");
+  const int64_t W = dtype == at::kDouble ? kW<double> : kW<float>;
+  TORCH_CHECK(run.packed->numel() == (run.H + W - 1) / W * run.H * gate_count(run.kind) * W,
+              "fastseq recurrent engine: packed backward weight has ", run.packed->numel(), " elements");
+  if (run.B == 0 || run.H == 0 || run.s_begin >= run.s_end) return;
+  if (dtype == at::kDouble) backward_typed<double>(run);
+  else backward_typed<float>(run);
+}
+
+}  // namespace recurrent
+}  // namespace fastseq

@@ -1,0 +1,133 @@
+"""The CPU sequence engine (csrc/recurrent/) behind LSTM, GRU and RNN, against torch: odd sizes
+(H = 1, 3, 17, 100, 513; B = 1; T = 1; input size != hidden size), packed sequences with many
+lengths, bidirectional and stacked layers, forward and every gradient, float64 and float32,
+with the thread team forced on at every size, and results independent of the thread count."""
+import contextlib
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import fastseq
+import fastseq.nn as fnn
+
+KINDS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
+TOL = {torch.float32: dict(rtol=5e-5, atol=5e-5), torch.float64: dict(rtol=1e-9, atol=1e-9)}
+
+
+@contextlib.contextmanager
+def engine_settings(threads=None, min_macs_per_thread=None):
+    """Thread count and the engine's cost-model threshold, restored afterwards."""
+    old_threads = torch.get_num_threads()
+    old = fastseq._C.recurrent_engine_settings()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if min_macs_per_thread is not None:
+            fastseq._C.set_recurrent_engine_settings(min_macs_per_thread)
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        fastseq._C.set_recurrent_engine_settings(old["min_macs_per_thread"])
+
+
+def make_pair(kind, *args, **kwargs):
+    if kind == "lstm":
+        ref, fast = torch.nn.LSTM(*args, **kwargs), fnn.LSTM(*args, **kwargs)
+    elif kind == "gru":
+        ref, fast = torch.nn.GRU(*args, **kwargs), fnn.GRU(*args, **kwargs)
+    else:
+        nl = kind.split("_")[1]
+        ref, fast = torch.nn.RNN(*args, nonlinearity=nl, **kwargs), fnn.RNN(*args, nonlinearity=nl, **kwargs)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def run(module, x, lengths=None):
+    """Output, final states and the gradients of a fixed random loss w.r.t. input and weights."""
+    x = x.detach().clone().requires_grad_()
+    inp = x if lengths is None else pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out, state = module(inp)
+    if lengths is not None:
+        out, _ = pad_packed_sequence(out, total_length=x.shape[0])
+    states = state if isinstance(state, tuple) else (state,)
+    g = torch.Generator().manual_seed(1)
+    loss = (out * torch.randn(out.shape, generator=g, dtype=out.dtype)).sum()
+    loss = loss + sum((s * torch.randn(s.shape, generator=g, dtype=s.dtype)).sum() for s in states)
+    grads = torch.autograd.grad(loss, [x, *module.parameters()])
+    return [out.detach(), *[s.detach() for s in states], *grads]
+
+
+def assert_all_close(a, b, **tol):
+    assert len(a) == len(b)
+    for i, (x, y) in enumerate(zip(a, b)):
+        torch.testing.assert_close(x, y, **tol, msg=lambda m: f"item {i}: {m}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("H", [1, 3, 17, 100, 513])
+def test_odd_hidden_sizes_float64(kind, H):
+    T, B, I = (3, 2, 5) if H == 513 else (4, 3, 7)
+    ref, fast = make_pair(kind, I, H, dtype=torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    with engine_settings(min_macs_per_thread=1):
+        assert_all_close(run(fast, x), run(ref, x), **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 3, 5), (1, 7, 2, 16), (9, 1, 1, 33), (5, 13, 20, 8)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_small_and_degenerate_shapes(kind, T, B, I, H, dtype):
+    ref, fast = make_pair(kind, I, H, dtype=dtype)
+    x = torch.randn(T, B, I, dtype=dtype)
+    with engine_settings(min_macs_per_thread=1):
+        assert_all_close(run(fast, x), run(ref, x), **TOL[dtype])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_packed_many_lengths(kind, bidirectional):
+    T, B, I, H = 11, 9, 6, 20
+    ref, fast = make_pair(kind, I, H, num_layers=2, bidirectional=bidirectional, dtype=torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    lengths = torch.tensor([11, 1, 7, 3, 11, 9, 2, 5, 4])  # unsorted, repeated, 1 and T
+    with engine_settings(min_macs_per_thread=1):
+        assert_all_close(run(fast, x, lengths), run(ref, x, lengths), **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_batch_first_stacked_float32(kind):
+    ref, fast = make_pair(kind, 24, 48, num_layers=3, batch_first=True)
+    x = torch.randn(5, 12, 24)
+    with engine_settings(min_macs_per_thread=1):
+        assert_all_close(run(fast, x), run(ref, x), **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", [(6, 1, 10, 37), (8, 16, 32, 64), (4, 33, 16, 130)])
+def test_thread_count_does_not_change_results(kind, shape):
+    """1 and 2 threads agree to float tolerance (the library GEMMs of the input projection and
+    the weight gradients may block their sums differently per thread count)."""
+    T, B, I, H = shape
+    _, fast = make_pair(kind, I, H)
+    x = torch.randn(T, B, I)
+    with engine_settings(threads=1):
+        one = run(fast, x)
+    with engine_settings(threads=2, min_macs_per_thread=1):
+        two = run(fast, x)
+    assert_all_close(two, one, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nan_in_state_reaches_output(kind):
+    ref, fast = make_pair(kind, 4, 19)
+    x = torch.randn(3, 5, 4)
+    x[1, 2, 0] = float("nan")
+    with torch.no_grad(), engine_settings(min_macs_per_thread=1):
+        a, b = fast(x)[0], ref(x)[0]
+    assert torch.equal(a.isnan(), b.isnan())
+
+
+def test_settings_are_validated():
+    with pytest.raises(RuntimeError, match="min_macs_per_thread must be >= 1, got 0"):
+        fastseq._C.set_recurrent_engine_settings(0)
