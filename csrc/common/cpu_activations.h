@@ -6,6 +6,8 @@
 // does in torch, never become 0.
 #pragma once
 
+#include <limits>
+
 namespace fastseq {
 
 struct VecActivations {
@@ -16,16 +18,19 @@ struct VecActivations {
   // (~1e-7 relative, below exp_u20's error) costs a fraction of a division, which is the
   // slowest instruction of the gate math (5 of them per LSTM unit and step).
   static VF reciprocal(const VF& d) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 #if defined(CPU_CAPABILITY_AVX512)
     const VF r0(_mm512_rcp14_ps(d));
-#elif defined(CPU_CAPABILITY_AVX2)
+#else
     const VF r0(_mm256_rcp_ps(d));
+#endif
+    // r1 = r0 (2 - d r0); exp_u20 overflows to inf near its clamp, where 1 / d must be 0
+    // exactly as a division gives it (sigmoid(-inf) = 0, so that 0 * inf is NaN as in torch),
+    // not inf * 0.
+    const VF r1 = r0 * at::vec::fnmadd(d, r0, VF(2.0f));
+    return VF::blendv(r1, VF(0.0f), d == VF(std::numeric_limits<float>::infinity()));
 #else
     return VF(1.0f) / d;
-#endif
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-    // r1 = r0 (2 - d r0). d is finite (exp_u20 clamps its argument), so d r0 is never inf * 0.
-    return r0 * at::vec::fnmadd(d, r0, VF(2.0f));
 #endif
   }
   static VF sigmoid(const VF& x) {

@@ -29,10 +29,9 @@ inline T* row_ptr(const at::Tensor& t, int64_t offset_elems) {
   return static_cast<T*>(static_cast<char*>(t.data_ptr()) + offset_elems * t.element_size());
 }
 
-// dW_hh = sum_t dG[t]^T h_prev[t] for packed sequences. h_prev is the previous step's output
-// for every active row except at a row's first step, where it is h0: one GEMM over the
-// shifted outputs (rows newly active in a reverse packed pass meet zeros there) plus one
-// with h0.
+// dW_hh = sum_t dG[t]^T h_prev[t]. h_prev is the previous step's output for every active
+// row except at a row's first step, where it is h0: one GEMM over the shifted outputs (rows
+// newly active in a reverse packed pass meet zeros there) plus one with h0.
 at::Tensor packed_d_w_hh(const at::Tensor& dgates, const at::Tensor& output, const at::Tensor& h0,
                          const int64_t* batch_sizes, bool reverse) {
   const int64_t T = dgates.size(0), B = dgates.size(1), G = dgates.size(2), P = output.size(2);
@@ -43,8 +42,8 @@ at::Tensor packed_d_w_hh(const at::Tensor& dgates, const at::Tensor& output, con
     d_w_hh = matmul_tn(dg_shift.reshape({(T - 1) * B, G}), out_shift.reshape({(T - 1) * B, P}));
   }
   at::Tensor dg_first;
-  if (!reverse) {
-    dg_first = dgates.select(0, 0);
+  if (!batch_sizes || !reverse) {
+    dg_first = dgates.select(0, reverse ? T - 1 : 0);
   } else {
     dg_first = at::empty({B, G}, dgates.options());
     for (int64_t t = T - 1; t >= 0; --t) {
@@ -238,34 +237,11 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
   at::Tensor dgates2d = dgates.view({T * B, G});
   at::Tensor x2d = input.contiguous().view({T * B, I});
   at::Tensor d_input = need_d_input ? matmul(dgates2d, w_ih).view({T, B, I}) : at::empty({0}, opts);
-  at::Tensor d_w_ih, d_w_hh;
-  if (batch_sizes) {
-    d_w_ih = matmul_tn(dgates2d, x2d);
-    d_w_hh = packed_d_w_hh(dgates, output, h0, batch_sizes, reverse);
-  } else {
-    // Full-length sequences: [x_t | h_{t-1}] side by side, so that one GEMM gives both
-    // weight gradients and the large dG operand is prepared (reordered) and streamed once.
-    at::Tensor xh = at::empty({T, B, I + P}, opts);
-    xh.narrow(2, 0, I).copy_(input);
-    at::Tensor h_prev = xh.narrow(2, I, P);
-    h_prev.select(0, reverse ? T - 1 : 0).copy_(h0);
-    if (T > 1) {
-      if (reverse) h_prev.narrow(0, 0, T - 1).copy_(output.narrow(0, 1, T - 1));
-      else h_prev.narrow(0, 1, T - 1).copy_(output.narrow(0, 0, T - 1));
-    }
-    // matmul_tn's orientation rule, without its transposing copy of the whole result:
-    // each weight gradient is copied out of it once.
-    at::Tensor xh2d = xh.view({T * B, I + P});
-    if (T * B >= 256 && G >= I + P) {
-      at::Tensor dw_t = linear_nt(xh2d.t(), dgates2d.t());  // [I + P, 4H]
-      d_w_ih = dw_t.narrow(0, 0, I).t().contiguous();
-      d_w_hh = dw_t.narrow(0, I, P).t().contiguous();
-    } else {
-      at::Tensor dw = linear_nt(dgates2d.t(), xh2d.t());  // [4H, I + P]
-      d_w_ih = dw.narrow(1, 0, I).contiguous();
-      d_w_hh = dw.narrow(1, I, P).contiguous();
-    }
-  }
+  // Two GEMMs over dG (one per weight) rather than one over [x_t | h_{t-1}] side by side:
+  // that concatenation was a [T, B, I + P] copy (65 MB for T=500, B=32, I=256, P=512),
+  // while reading dG twice costs a few ms against the GEMMs' hundreds.
+  at::Tensor d_w_ih = matmul_tn(dgates2d, x2d);
+  at::Tensor d_w_hh = packed_d_w_hh(dgates, output, h0, batch_sizes, reverse);
 
   at::Tensor d_bias = has_bias ? dgates2d.sum(0) : at::empty({0}, opts);
   at::Tensor d_w_hr = proj ? matmul_tn(dh_proj.view({T * B, P}), h_pre_all.view({T * B, H}))
