@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import datetime
 import os
+import re
 import sys
 
 import torch
@@ -276,7 +277,8 @@ def _peer_gone(exc) -> bool:
 
 def _peer_message(exc) -> str:
     lines = str(exc).splitlines()
-    first = lines[0] if lines else type(exc).__name__
+    # gloo's text: "[.../pair.cc:553] Connection closed by peer [addr]:port. This is typically ..."
+    first = re.sub(r"^\[[^\]]*\]\s*", "", lines[0] if lines else type(exc).__name__).split(". ")[0]
     return (f"rank {_current.rank}: another process of this launch failed or ended ({first}); "
             f"see its error above")
 
