@@ -186,8 +186,9 @@ def train(kind, args):
             bar.close()
             metrics_log.close()
     seconds = time.perf_counter() - start
+    # tokens_per_s: the last 50 steps' rate, evaluations excluded (scripts/ddp_throughput.sh).
     metrics_json = metrics_log.finish(metrics, step, seconds=seconds, tokens=total_tokens,
-                                      parameters=n_params)
+                                      parameters=n_params, tokens_per_s=tokens_per_s)
     progress.summary(kind, seconds=seconds, rate=total_tokens / max(seconds, 1e-9), unit="tokens",
                      final=metrics, files=[ckpt_path, loss_png, metrics_json, metrics_log.csv_path])
     return {"model": model, "metrics": metrics, "checkpoint": ckpt_path, "vocab": vocab,
