@@ -14,7 +14,7 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 export OMP_NUM_THREADS=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-echo "fastseq DDP throughput: $(nproc) CPUs, $STEPS steps, global batch $BATCH, data $DATA, 1 thread per process"
+echo "fastseq DDP throughput: $(getconf _NPROCESSORS_ONLN) CPUs, $STEPS steps, global batch $BATCH, data $DATA, 1 thread per process"
 for model in charlm gpt; do
   for n in 1 2; do
     run="$WORK/$model-$n"
