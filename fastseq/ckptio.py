@@ -1,13 +1,18 @@
 """Reading and writing checkpoint files for every trainer: atomic saves, and errors that
-tell a missing file, a folder, a truncated file and a foreign file apart."""
+tell a missing file, a folder, a truncated file and a foreign file apart. In a distributed
+run only rank 0 writes (every rank calls save, so that what it gathers is collective)."""
 import os
 
 import torch
+
+from .distributed import is_main
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 
 def save(obj, path):
+    if not is_main():
+        return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
     torch.save(obj, tmp)

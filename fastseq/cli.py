@@ -1,8 +1,11 @@
 """The `fastseq` command: each feature module registers its own subcommands here."""
+import contextlib
 import importlib
 import sys
 
+from . import distributed
 from .cliargs import Parser
+from .distributed import PeerFailed
 from .signals import EXIT_CODE, Interrupted
 
 # Each module exposes register(subparsers, train_subparsers).
@@ -31,20 +34,37 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     name = " ".join(["fastseq", args.command] + ([args.model] if args.command == "train" else []))
+    rank = ""  # "[rank 1] " on the errors of a distributed run, which every rank may print
     try:
-        code = args.func(args)
+        with _training_session(args) as ctx:
+            rank = f"[rank {ctx.rank}] " if ctx.enabled else ""
+            code = args.func(args)
     except (FileNotFoundError, ValueError) as exc:
-        # User errors (missing file, bad setting) read as one line, not a traceback.
-        print(f"{name}: error: {exc}", file=sys.stderr)
+        # User errors (missing file, bad setting) read as one line, not a traceback. An
+        # error rank 0 shared with the others (distributed.on_main) is printed by rank 0 alone.
+        if not getattr(exc, "from_main", False):
+            print(f"{rank}{name}: error: {exc}", file=sys.stderr)
         return 2
+    except PeerFailed as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 1
     except Interrupted as exc:
-        print(exc, file=sys.stderr)
+        if not rank or rank == "[rank 0] ":  # every rank stops at the same step; one says so
+            print(exc, file=sys.stderr)
         return EXIT_CODE
     except KeyboardInterrupt:
         # Outside a training loop (sampling, evaluation) there is nothing to save.
         print(f"{name}: interrupted", file=sys.stderr)
         return EXIT_CODE
     return int(code or 0)
+
+
+def _training_session(args):
+    """`fastseq train ...` under torchrun runs in a process group (fastseq.distributed);
+    every other command, and a plain launch, runs as one process."""
+    if args.command != "train":
+        return contextlib.nullcontext(distributed.SINGLE)
+    return distributed.session(getattr(args, "device", "cpu"))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """Training progress that suits where it runs: a tqdm bar on a terminal, a plain line every
-few seconds in a log file or pipe; plus the one-line header and summary every trainer prints."""
+few seconds in a log file or pipe; plus the one-line header and summary every trainer prints.
+In a distributed run only rank 0 prints any of it (the others would repeat it)."""
 import sys
 import time
 
 from tqdm import tqdm
+
+from .distributed import is_main
 
 
 def _fields(values):
@@ -22,6 +25,8 @@ class Progress:
         self.start = self.last_line = time.perf_counter()
         self.initial = int(initial)
         self.bar = None
+        self.silent = not is_main()
+        enabled = enabled and not self.silent
         self.lines = enabled and not self.stream.isatty()
         if enabled and not self.lines:
             self.bar = tqdm(total=self.total, initial=self.initial, desc=desc, unit=unit,
@@ -42,6 +47,8 @@ class Progress:
                   file=self.stream, flush=True)
 
     def write(self, line):
+        if self.silent:
+            return
         if self.bar is not None:
             self.bar.write(line, file=sys.stdout)
         else:
@@ -55,6 +62,8 @@ class Progress:
 
 def header(model, *, parameters, data, device, threads, **more):
     """'charlm: 0.88M parameters, data shakespeare, device cpu, 1 threads, ...'"""
+    if not is_main():
+        return
     print(f"{model}: {parameters / 1e6:.2f}M parameters, data {data}, device {device}, "
           f"{threads} thread{'s' if threads != 1 else ''}" + "".join(f", {k} {v}" for k, v in more.items()),
           flush=True)
@@ -62,5 +71,13 @@ def header(model, *, parameters, data, device, threads, **more):
 
 def summary(model, *, seconds, rate, unit, final, files):
     """'charlm: done in 61.2 s (23,456 tokens/s); final val_loss 1.52 ...; wrote a, b'"""
+    if not is_main():
+        return
     print(f"{model}: done in {seconds:.1f} s ({rate:,.0f} {unit}/s); final {_fields(final)}; "
           f"wrote {', '.join(str(f) for f in files)}", flush=True)
+
+
+def note(line):
+    """A one-off line (resuming, wrote ...), printed once in a distributed run."""
+    if is_main():
+        print(line, flush=True)

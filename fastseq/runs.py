@@ -1,5 +1,7 @@
 """Run folders shared by every trainer: the folder name, the refusal to overwrite, config.json,
-and the metrics log (metrics.csv as it goes, metrics.json at the end, TensorBoard if asked)."""
+and the metrics log (metrics.csv as it goes, metrics.json at the end, TensorBoard if asked).
+In a distributed run the folder is rank 0's: it alone checks, creates and writes it, and its
+verdict (a refusal included) reaches every rank."""
 import csv
 import json
 import math
@@ -7,6 +9,8 @@ import os
 import pathlib
 import re
 import shutil
+
+from .distributed import current, is_main
 
 CONFIG = "config.json"
 METRICS_JSON = "metrics.json"
@@ -41,6 +45,9 @@ class RunDir:
 
     def __init__(self, path, *, resume: bool = False, overwrite: bool = False):
         self.path = pathlib.Path(path)
+        current().on_main(self._prepare, resume, overwrite)
+
+    def _prepare(self, resume, overwrite):
         if resume and overwrite:
             raise ValueError("--resume and --overwrite: choose one (continue the run, or replace it)")
         if self.path.exists() and not self.path.is_dir():
@@ -63,34 +70,39 @@ class RunDir:
         return self.path / name
 
     def save_config(self, config: dict) -> None:
-        _write_json(self.file(CONFIG), config)
+        if is_main():
+            _write_json(self.file(CONFIG), config)
 
     def load_config(self) -> dict:
         """The config.json a previous run saved here ({} when there is none)."""
-        path = self.file(CONFIG)
-        return json.loads(path.read_text()) if path.is_file() else {}
+        def read():
+            path = self.file(CONFIG)
+            return json.loads(path.read_text()) if path.is_file() else {}
+        return current().on_main(read)
 
 
 class Metrics:
     """The run's metric history: log(step, loss=..., ...) appends to metrics.csv at once (so an
     interrupted run keeps it), finish() writes metrics.json. With resume the history already
-    on disk is read back, and rewind(step) drops what came after the checkpoint."""
+    on disk is read back, and rewind(step) drops what came after the checkpoint. Every rank
+    keeps the history (the values logged are already reduced over ranks); rank 0 writes it.
+    world_size (default: the launch's) is recorded in metrics.json."""
 
-    def __init__(self, run: RunDir, model: str, *, world_size: int = 1, tensorboard: bool = False,
+    def __init__(self, run: RunDir, model: str, *, world_size: int = None, tensorboard: bool = False,
                  resume: bool = False):
-        self.run, self.model, self.world_size = run, model, int(world_size)
+        self.run, self.model = run, model
+        self.world_size = int(world_size or current().world_size)
+        self.writes = is_main()
         self.csv_path = run.file(METRICS_CSV)
-        self.history = _read_csv(self.csv_path) if resume else []
+        self.history = current().on_main(_read_csv, self.csv_path) if resume else []
         self.columns = _columns(self.history)
         self._rewrite_csv()
         self.writer = None
         if tensorboard:
-            try:
+            current().on_main(_check_tensorboard)  # a missing package refused on every rank alike
+            if self.writes:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ValueError("--tensorboard needs the tensorboard package: "
-                                 "pip install 'fastseq[tensorboard]'") from None
-            self.writer = SummaryWriter(str(run.file(TENSORBOARD)))
+                self.writer = SummaryWriter(str(run.file(TENSORBOARD)))
 
     def log(self, step: int, **values) -> None:
         entry = {"step": int(step), **{k: float(v) for k, v in values.items()}}
@@ -99,7 +111,7 @@ class Metrics:
         if new:
             self.columns += new
             self._rewrite_csv()  # a new column: the header changes, so the file is rewritten
-        else:
+        elif self.writes:
             with open(self.csv_path, "a", newline="") as f:
                 csv.DictWriter(f, self.columns).writerow(entry)
         if self.writer is not None:
@@ -117,8 +129,9 @@ class Metrics:
 
     def finish(self, final: dict, steps: int, **extra) -> pathlib.Path:
         path = self.run.file(METRICS_JSON)
-        _write_json(path, {"model": self.model, "world_size": self.world_size, "steps": int(steps),
-                           "history": self.history, "final": dict(final), **extra})
+        if self.writes:
+            _write_json(path, {"model": self.model, "world_size": self.world_size, "steps": int(steps),
+                               "history": self.history, "final": dict(final), **extra})
         self.close()
         return path
 
@@ -129,10 +142,20 @@ class Metrics:
             self.writer = None
 
     def _rewrite_csv(self):
+        if not self.writes:
+            return
         with open(self.csv_path, "w", newline="") as f:
             writer = csv.DictWriter(f, self.columns)
             writer.writeheader()
             writer.writerows(self.history)
+
+
+def _check_tensorboard():
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise ValueError("--tensorboard needs the tensorboard package: "
+                         "pip install 'fastseq[tensorboard]'") from None
 
 
 def _columns(history):

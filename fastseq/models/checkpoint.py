@@ -3,7 +3,7 @@ weights, optimizer/schedule/data positions and loss history, so training resumes
 sampling needs nothing else. Loaded with weights_only=True (no pickled code)."""
 import torch
 
-from .. import ckptio
+from .. import ckptio, distributed
 from .char_lm import CharLM
 from .gpt import GPT
 from .seq2seq import Seq2Seq
@@ -20,7 +20,9 @@ MODEL_CLASSES = {cls.kind: cls for cls in (CharLM, GPT, Seq2Seq, Captioner, CNNC
 
 def save(path, model, vocab, step, history, optimizer=None, scheduler=None, task=None, data=None):
     """Everything to sample from the model or, with optimizer/scheduler/task, to resume
-    training exactly (the torch RNG state too, for dropout)."""
+    training exactly (the torch RNG state too, for dropout: every rank's in a distributed
+    run). Called on every rank of a distributed run (gathering is collective); rank 0 writes."""
+    dist = distributed.current()
     state = {
         "format": FORMAT,
         "kind": model.kind,
@@ -34,6 +36,8 @@ def save(path, model, vocab, step, history, optimizer=None, scheduler=None, task
         "scheduler": scheduler.state_dict() if scheduler else None,
         "task": task.state_dict() if task else None,
         "torch_rng": torch.get_rng_state(),
+        "world_size": dist.world_size,
+        "rank_rng": dist.rng_states() if dist.enabled else None,
     }
     ckptio.save(state, path)
 

@@ -1,6 +1,8 @@
 """The training loop shared by the three models: Adam, linear warm-up then cosine decay,
 gradient clipping by global norm, periodic validation, resumable checkpoints, progress,
-metrics and a loss-curve PNG in the run folder."""
+metrics and a loss-curve PNG in the run folder. Under torchrun the same loop trains with
+DistributedDataParallel (fastseq.distributed): each rank takes its rows of the global
+--batch-size, and the loss, token counts and stop requests are summed over ranks every step."""
 import collections
 import math
 import os
@@ -8,7 +10,7 @@ import time
 
 import torch
 
-from .. import progress
+from .. import distributed, progress
 from ..cliargs import apply_threads, threads_in_use
 from ..runs import Metrics, RunDir, run_name
 from ..signals import Interrupted, graceful_interrupt
@@ -44,14 +46,14 @@ def new_model(kind, args, vocab):
                    attn_dim=args.attn_dim, impl=args.impl)
 
 
-def make_task(kind, args, vocab, data, device):
+def make_task(kind, args, vocab, data, device, dist=None):
     if kind == "seq2seq":
         train, val = read_pairs(data)
-        return PairsTask(train, val, *vocab, args.batch_size, device, args.seed)
+        return PairsTask(train, val, *vocab, args.batch_size, device, args.seed, dist)
     text = load_corpus(data)
     if kind == "charlm":
-        return StreamTask(text, vocab, args.batch_size, args.seq_len, args.val_fraction, device)
-    return WindowTask(text, vocab, args.batch_size, args.context, args.val_fraction, device, args.seed)
+        return StreamTask(text, vocab, args.batch_size, args.seq_len, args.val_fraction, device, dist)
+    return WindowTask(text, vocab, args.batch_size, args.context, args.val_fraction, device, args.seed, dist)
 
 
 def make_vocab(kind, data):
@@ -74,19 +76,25 @@ def train(kind, args):
     the final validation metrics and the paths written."""
     from .viz import plot_loss
 
+    dist = distributed.current()
     apply_threads(args)
-    device = torch.device(args.device)
+    device = torch.device(dist.device if dist.enabled else args.device)  # cuda:LOCAL_RANK under torchrun
+    dist.local_batch(args.batch_size)  # before anything is written: the flags must split evenly
     torch.manual_seed(args.seed)
     run = RunDir(run_folder(kind, args), resume=args.resume, overwrite=args.overwrite)
     ckpt_path = str(run.file("checkpoint.pt"))
-    state = checkpoint.load(ckpt_path, expect_kind=kind, flag="--resume") if args.resume else None
+    # Read by rank 0 (the other machines may not see its folder) and sent to every rank.
+    state = dist.on_main(checkpoint.load, ckpt_path, expect_kind=kind, flag="--resume") if args.resume else None
     data = state["data"] if state else args.data
     vocab = checkpoint.vocab_from_dict(state["vocab"]) if state else make_vocab(kind, data)
-    task = make_task(kind, args, vocab, data, device)
+    task = make_task(kind, args, vocab, data, device, dist)
     if state:
         model = checkpoint.build_model(state, impl=args.impl, device=device)
     else:
         model = new_model(kind, args, vocab).to(device)
+    # Every rank built the same weights from --seed; DDP also broadcasts rank 0's at wrap.
+    trained = dist.wrap(model)
+    dist.seed_rank(args.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     warmup = args.warmup if args.warmup is not None else min(100, args.steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, args.steps))
@@ -104,17 +112,23 @@ def train(kind, args):
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         task.load_state_dict(state["task"])
-        torch.set_rng_state(state["torch_rng"])  # after building the model, which draws from it
+        # After building the model, which draws from it; per rank when as many ranks saved it.
+        if not dist.restore_rng(state.get("rank_rng")) and not dist.enabled:
+            torch.set_rng_state(state["torch_rng"])
         metrics_log.rewind(step)
-        print(f"resuming {run.path} at step {step}: the model's shape and vocabulary come from its checkpoint")
+        progress.note(f"resuming {run.path} at step {step}: the model's shape and vocabulary "
+                      f"come from its checkpoint")
 
     progress.header(kind, parameters=n_params, data=data, device=device, threads=threads_in_use(),
-                    impl=model.config["impl"], steps=f"{step}->{args.steps}", run=run.path)
+                    impl=model.config["impl"], steps=f"{step}->{args.steps}", run=run.path,
+                    **({"processes": dist.world_size} if dist.enabled else {}))
     loss_png = str(run.file("loss.png"))
 
     def save_and_plot():
+        # Every rank: the task's state is gathered from all of them; rank 0 writes.
         checkpoint.save(ckpt_path, model, vocab, step, history, optimizer, scheduler, task, data)
-        plot_loss(history, loss_png, title=f"{kind} on {os.path.basename(str(data))}")
+        if dist.is_main:
+            plot_loss(history, loss_png, title=f"{kind} on {os.path.basename(str(data))}")
 
     metrics = {}
     bar = progress.Progress(args.steps, initial=step, desc=f"train {kind}", enabled=not args.no_progress)
@@ -127,15 +141,19 @@ def train(kind, args):
         try:
             while step < args.steps:
                 model.train()
-                loss, n_tokens = task.loss(model)
+                loss, n_tokens = task.loss(trained)  # this rank's share of the batch's mean loss
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                # DDP averages the ranks' gradients; the mean's gradient is their sum.
+                (loss * dist.world_size).backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
                 optimizer.step()
                 lr = scheduler.get_last_lr()[0]
                 scheduler.step()
                 step += 1
-                value = loss.item()
+                # One all-reduce: the batch's loss and tokens, and whether any rank was signalled
+                # (so every rank stops, saves and exits at this same step).
+                value, n_tokens, stops = dist.all_sum([loss.item(), n_tokens, stop.requested])
+                n_tokens = int(n_tokens)
                 if not math.isfinite(value):
                     raise ValueError(f"training diverged at step {step} (loss {value}); "
                                      f"try a lower --lr than {args.lr}")
@@ -159,16 +177,18 @@ def train(kind, args):
                 if val:
                     save_and_plot()
                     last = time.perf_counter()  # evaluation time is not training throughput
-                if stop.requested and step < args.steps:
+                if stops and step < args.steps:
                     save_and_plot()
-                    raise Interrupted(f"{kind}: interrupted by {stop.signal_name} at step {step}; saved "
+                    raise Interrupted(f"{kind}: interrupted by {stop.signal_name or 'a signal to another rank'} "
+                                      f"at step {step}; saved "
                                       f"{ckpt_path}; the same command with --resume continues it")
         finally:
             bar.close()
             metrics_log.close()
     seconds = time.perf_counter() - start
+    # tokens_per_s: the last 50 steps' rate, evaluations excluded (scripts/ddp_throughput.sh).
     metrics_json = metrics_log.finish(metrics, step, seconds=seconds, tokens=total_tokens,
-                                      parameters=n_params)
+                                      parameters=n_params, tokens_per_s=tokens_per_s)
     progress.summary(kind, seconds=seconds, rate=total_tokens / max(seconds, 1e-9), unit="tokens",
                      final=metrics, files=[ckpt_path, loss_png, metrics_json, metrics_log.csv_path])
     return {"model": model, "metrics": metrics, "checkpoint": ckpt_path, "vocab": vocab,

@@ -1,5 +1,7 @@
 """Advantage actor-critic (A2C): synchronous n-step rollouts over gymnasium.vector envs,
-advantages from generalised advantage estimation (lambda = 1 gives plain n-step returns)."""
+advantages from generalised advantage estimation (lambda = 1 gives plain n-step returns).
+Under torchrun the learners are data-parallel: each rank steps num_envs / world_size of the
+environments, and one update (DistributedDataParallel) learns from all ranks' rollouts."""
 import dataclasses
 import functools
 import types
@@ -8,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from .. import distributed
 from .envs import check_spaces, make_env
 from .networks import build_network
 from .reinforce import policy_gradient_losses
@@ -57,7 +60,9 @@ def train_a2c(env_id, config=None, seed=0, out_dir="runs/a2c", hide_velocity=Fal
               device="cpu", **run_options):
     config = config or A2CConfig()
     config.validate()
-    device = torch.device(device)
+    dist = distributed.current()
+    device = torch.device(dist.device if dist.enabled else device)
+    n_local = dist.local_batch(config.num_envs, "--num-envs")  # this rank's share of the environments
     env_spec = {"env_id": env_id, "hide_velocity": bool(hide_velocity), "history": int(history)}
     with TrainingRun(algo="a2c", out_dir=out_dir, progress=progress, **run_options) as run:
         s = run.resumed_state()  # the loop's whole state, saved whole on an interrupt
@@ -68,20 +73,23 @@ def train_a2c(env_id, config=None, seed=0, out_dir="runs/a2c", hide_velocity=Fal
             target = probe.spec.reward_threshold if probe.spec is not None else None
             probe.close()
             # functools.partial, not a lambda: the vector env must pickle into resume.pt.
-            envs = gym.vector.SyncVectorEnv([functools.partial(make_env, **env_spec)] * config.num_envs,
+            envs = gym.vector.SyncVectorEnv([functools.partial(make_env, **env_spec)] * n_local,
                                             autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
             spec = {"kind": "actor_critic", "obs_shape": list(obs_shape), "n_actions": n_actions,
                     "kwargs": {"hidden": list(config.hidden)}}
-            model = build_network(spec).to(device)
+            model = build_network(spec).to(device)  # the same weights on every rank (--seed)
+            dist.seed_rank(seed)  # but each rank samples its own actions
             s = types.SimpleNamespace(
                 step=0, next_eval=config.eval_every, envs=envs, spec=spec, model=model, target=target,
                 obs_shape=obs_shape, optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
-                obs=envs.reset(seed=seed)[0], episode_returns=np.zeros(config.num_envs))
+                # Environment i of the whole set is seeded seed + i, whichever rank steps it.
+                obs=envs.reset(seed=seed + dist.rank * n_local)[0], episode_returns=np.zeros(n_local))
         model = s.model
+        learner = dist.wrap(model)  # the update goes through DDP; acting uses the model itself
         run.begin(env_spec=env_spec, network_spec=s.spec, config=config, model=model, step=s.step,
                   eval_episodes=config.eval_episodes, confirm_episodes=config.confirm_episodes,
                   target_return=s.target, device=device)
-        T, N = config.rollout_steps, config.num_envs
+        T, N = config.rollout_steps, n_local
         solved = False
         while s.step < config.total_steps and not solved:
             obs_buf = torch.zeros((T, N, *s.obs_shape), device=device)
@@ -89,6 +97,7 @@ def train_a2c(env_id, config=None, seed=0, out_dir="runs/a2c", hide_velocity=Fal
             rew_buf = torch.zeros((T, N), device=device)
             done_buf = torch.zeros((T, N), device=device)
             next_value_buf = torch.zeros((T, N), device=device)
+            ended = []  # (step, return) of the episodes this rank finished in this rollout
             for t in range(T):
                 obs_t = torch.as_tensor(s.obs, dtype=torch.float32, device=device)
                 with torch.no_grad():
@@ -109,24 +118,29 @@ def train_a2c(env_id, config=None, seed=0, out_dir="runs/a2c", hide_velocity=Fal
                 done_buf[t] = torch.as_tensor(terminated | truncated, dtype=torch.float32, device=device)
                 next_value_buf[t] = next_values
                 s.episode_returns += rewards
-                s.step += N
+                s.step += config.num_envs  # environment steps over all ranks
                 for i in np.flatnonzero(terminated | truncated):
-                    run.episode_done(s.step, s.episode_returns[i])
+                    ended.append((s.step, float(s.episode_returns[i])))
                     s.episode_returns[i] = 0.0
                 s.obs = next_obs
+            # Every rank's finished episodes in step order (stable: rank, then environment),
+            # recorded on every rank alike.
+            gathered = [e for part in dist.gather(ended) for e in part]
+            for step, episode_return in sorted(gathered, key=lambda e: e[0]):
+                run.episode_done(step, episode_return)
             with torch.no_grad():
                 values = model(obs_buf.flatten(0, 1))[1].view(T, N)
             advantages = gae(rew_buf, values, next_value_buf, done_buf, config.gamma, config.gae_lambda)
             returns = (advantages + values).flatten()
             policy_loss, value_loss = policy_gradient_losses(
-                model, obs_buf.flatten(0, 1), act_buf.flatten(), returns, config.normalize_advantages,
-                config.entropy_coef)
+                learner, obs_buf.flatten(0, 1), act_buf.flatten(), returns, config.normalize_advantages,
+                config.entropy_coef, dist)
             loss = policy_loss + config.value_coef * value_loss
             s.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # equal rollouts per rank: DDP's average is the whole batch's gradient
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             s.optimizer.step()
-            run.update_done(s.step, loss.item())
+            run.update_done(s.step, dist.all_sum([dist.share(loss.item())])[0])
             if s.step >= s.next_eval:
                 s.next_eval += config.eval_every
                 solved = run.evaluate(s.step, model) and config.stop_when_solved

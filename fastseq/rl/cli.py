@@ -1,19 +1,24 @@
 """`fastseq train dqn|reinforce|a2c` and `fastseq eval`: train an agent on a Gymnasium
-environment (run folder, progress, checkpoints, metrics, return plot) and evaluate a saved checkpoint."""
+environment (run folder, progress, checkpoints, metrics, return plot) and evaluate a saved checkpoint.
+A2C runs under torchrun as data-parallel learners; DQN and REINFORCE are one-process
+algorithms (one replay buffer / one episode stream) and refuse a distributed launch."""
 import dataclasses
 import os
 
 from ..cliargs import add_run_args, nonnegative_int, positive_float, positive_int
 from ..runs import run_name
 
+SINGLE_PROCESS = " (one process: refuses a torchrun launch)"
 ALGOS = {
-    "dqn": ("deep Q-network (replay buffer, target network, epsilon-greedy; MLP or LSTM Q-net)",
-            "fastseq.rl.dqn", "DQNConfig", "train_dqn"),
-    "reinforce": ("REINFORCE policy gradient with a learned value baseline",
+    "dqn": ("deep Q-network (replay buffer, target network, epsilon-greedy; MLP or LSTM Q-net)"
+            + SINGLE_PROCESS, "fastseq.rl.dqn", "DQNConfig", "train_dqn"),
+    "reinforce": ("REINFORCE policy gradient with a learned value baseline" + SINGLE_PROCESS,
                   "fastseq.rl.reinforce", "ReinforceConfig", "train_reinforce"),
-    "a2c": ("advantage actor-critic over vectorised environments",
+    "a2c": ("advantage actor-critic over vectorised environments (under torchrun the ranks "
+            "step num_envs / world_size environments each and learn as one)",
             "fastseq.rl.a2c", "A2CConfig", "train_a2c"),
 }
+DISTRIBUTED_ALGOS = ("a2c",)
 
 
 def _require_gymnasium():
@@ -85,7 +90,13 @@ def run_folder(args, config):
 
 def train(args):
     from ..cliargs import apply_threads
+    from ..distributed import current
 
+    dist = current()
+    if dist.enabled and args.model not in DISTRIBUTED_ALGOS:
+        raise ValueError(f"{args.model} trains in one process and does not run under torchrun "
+                         f"(this launch has WORLD_SIZE={dist.world_size}); start it without torchrun, "
+                         f"or train a2c, whose learners are data-parallel")
     apply_threads(args)
     config = build_config(args.model, args)
     _, train_fn = _algo(args.model)
@@ -140,7 +151,7 @@ def register(subparsers, train_subparsers):
             p.add_argument("--network", choices=["mlp", "lstm"], help="Q-network (default mlp)")
             p.add_argument("--double", action="store_true", help="Double DQN targets")
         if name == "a2c":
-            p.add_argument("--num-envs", type=positive_int, help="parallel environments (default 8)")
+            p.add_argument("--num-envs", type=positive_int, help="parallel environments, over all processes under torchrun (default 8)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override any setting listed below (repeatable)")
         p.add_argument("--eval-episodes", type=nonnegative_int, default=100,

@@ -49,14 +49,23 @@ def sample_action(logits, rng):
     return int(np.argmax(logits + gumbel))
 
 
-def policy_gradient_losses(model, obs, actions, returns, normalize, entropy_coef):
+def policy_gradient_losses(model, obs, actions, returns, normalize, entropy_coef, dist=None):
     """(policy loss, value loss) for a batch of states with their Monte-Carlo or n-step
-    returns: the advantage is the return minus the learned value (the baseline)."""
+    returns: the advantage is the return minus the learned value (the baseline). With `dist`
+    (fastseq.distributed, A2C's data-parallel learners) the advantages are normalised by the
+    mean and std over every rank's batch, as one learner holding all of them would."""
     logits, values = model(obs)
     log_probs = F.log_softmax(logits, dim=1)
     chosen = log_probs.gather(1, actions.unsqueeze(1)).squeeze(1)
     advantages = returns - values.detach()
-    if normalize and advantages.numel() > 1:
+    if normalize and dist is not None and dist.enabled:
+        total, squares, n = dist.all_sum([advantages.sum().item(), (advantages ** 2).sum().item(),
+                                          advantages.numel()])
+        if n > 1:
+            mean = total / n
+            std = max((squares - n * mean * mean) / (n - 1), 0.0) ** 0.5
+            advantages = (advantages - mean) / (std + 1e-8)
+    elif normalize and advantages.numel() > 1:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     entropy = -(log_probs.exp() * log_probs).sum(dim=1).mean()
     policy_loss = -(chosen * advantages).mean() - entropy_coef * entropy

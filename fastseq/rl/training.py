@@ -1,6 +1,8 @@
 """What every agent's training loop shares: the run folder, progress, the log of returns
 and periodic evaluations, best/last checkpoints, clean interrupts with exact resume, and
-the return-over-steps plot."""
+the return-over-steps plot. In a distributed run (A2C's data-parallel learners) rank 0
+evaluates, keeps the checkpoints and writes the folder; every rank's loop state goes into
+the one resume.pt, and a stop request on any rank stops them all at the same update."""
 import csv
 import dataclasses
 import os
@@ -9,7 +11,7 @@ import time
 import numpy as np
 import torch
 
-from .. import ckptio, progress
+from .. import ckptio, distributed, progress
 from ..runs import CONFIG, Metrics, RunDir
 from ..signals import Interrupted, graceful_interrupt
 from .checkpoint import save_checkpoint
@@ -45,6 +47,7 @@ class TrainingRun:
         self.solved_at = None
         self.bar = None
         self._interrupt = None
+        self.dist = distributed.current()
 
     def __enter__(self):
         self._interrupt = graceful_interrupt()
@@ -72,12 +75,17 @@ class TrainingRun:
         record (returns, evaluations, best) and the torch RNG alongside."""
         if not self.resume:
             return None
-        saved = ckptio.load(self.dir.file(RESUME), "--resume", what="fastseq RL resume state",
-                            name=RESUME, weights_only=False)
+        saved = self.dist.on_main(ckptio.load, self.dir.file(RESUME), "--resume", what="fastseq RL resume state",
+                                  name=RESUME, weights_only=False)
         self.episodes, self.evals = saved["episodes"], saved["evals"]
         self.best, self.solved_at = tuple(saved["best"]), saved["solved_at"]
-        torch.set_rng_state(saved["torch_rng"])
-        return saved["loop"]
+        loops = saved.get("rank_loops") or [saved["loop"]]
+        if len(loops) != self.dist.world_size:
+            raise ValueError(f"--resume: {self.dir.file(RESUME)} holds the environments of {len(loops)} "
+                             f"process(es); resume it with as many (this launch has {self.dist.world_size})")
+        if not self.dist.restore_rng(saved.get("rank_rng")):
+            torch.set_rng_state(saved["torch_rng"])
+        return loops[self.dist.rank]
 
     def begin(self, *, env_spec, network_spec, config, model, step, eval_episodes, confirm_episodes,
               target_return, device):
@@ -115,7 +123,8 @@ class TrainingRun:
              f", history {self.env_spec['history']}" if self.env_spec.get("history", 1) > 1 else ""])
         progress.header(self.algo, parameters=n_params, data=env_text, device=device,
                         threads=torch.get_num_threads(), network=self.network_spec["kind"],
-                        steps=f"{step}->{self.total_steps}", run=self.out_dir)
+                        steps=f"{step}->{self.total_steps}", run=self.out_dir,
+                        **({"processes": self.dist.world_size} if self.dist.enabled else {}))
         self.bar = progress.Progress(self.total_steps, initial=step, desc=self.algo,
                                      enabled=self.progress_enabled)
 
@@ -148,7 +157,10 @@ class TrainingRun:
     def evaluate(self, step, model):
         """Greedy evaluation; keeps the best checkpoint. A score at the target is confirmed on
         more episodes (when confirm_episodes > 0) before it counts. Returns True once the run
-        counts as solved."""
+        counts as solved. In a distributed run rank 0 evaluates and tells the others."""
+        return self.dist.on_main(self._evaluate, step, model)
+
+    def _evaluate(self, step, model):
         was_training = model.training
         model.eval()
         try:
@@ -173,10 +185,11 @@ class TrainingRun:
         return self.solved_at is not None
 
     def check_stop(self, step, model, loop):
-        """Between steps: after SIGINT/SIGTERM save everything and raise Interrupted."""
-        if self.stop.requested and step < self.total_steps:
+        """Between steps: after SIGINT/SIGTERM (to any rank) save everything and raise Interrupted."""
+        if self.dist.any(self.stop.requested) and step < self.total_steps:
             self._save_all(step, model, loop)
-            raise Interrupted(f"{self.algo}: interrupted by {self.stop.signal_name} at step {step}; saved "
+            raise Interrupted(f"{self.algo}: interrupted by {self.stop.signal_name or 'a signal to another rank'} "
+                              f"at step {step}; saved "
                               f"{self.last_path} and {self.dir.file(RESUME)}; the same command with "
                               f"--resume continues it")
 
@@ -184,23 +197,22 @@ class TrainingRun:
         self._save(self.last_path, model, step, self.evals[-1][1] if self.evals else float("nan"))
         if not os.path.exists(self.best_path):
             self._save(self.best_path, model, step, float("nan"))
-        ckptio.save({"loop": loop, "episodes": self.episodes, "evals": self.evals, "best": self.best,
-                     "solved_at": self.solved_at, "torch_rng": torch.get_rng_state()},
-                    self.dir.file(RESUME))
-        self.write_log()
-        plot_returns(self, os.path.join(self.out_dir, "returns.png"))
+        # Every rank's loop state (its environments): gathered, so rank 0 writes one file.
+        loops = self.dist.gather(loop) if self.dist.enabled else None
+        rngs = self.dist.rng_states() if self.dist.enabled else None
+        ckptio.save({"loop": None if loops else loop, "episodes": self.episodes, "evals": self.evals, "best": self.best,
+                     "solved_at": self.solved_at, "torch_rng": torch.get_rng_state(),
+                     "rank_loops": loops, "rank_rng": rngs}, self.dir.file(RESUME))
+        if self.dist.is_main:
+            self.write_log()
+            plot_returns(self, os.path.join(self.out_dir, "returns.png"))
 
     def finish(self, step, model, loop):
         self.show(step)
         self.bar.close()
         self._save_all(step, model, loop)
         seconds = time.perf_counter() - self.start
-        final = {"best_selection_eval": float(self.best[0]), "best_step": int(self.best[1]),
-                 "solved_at": self.solved_at}
-        if self.final_episodes:
-            returns, _ = evaluate_checkpoint(self.best_path, episodes=self.final_episodes)
-            final.update(mean_return=float(returns.mean()), std_return=float(returns.std()),
-                         min_return=float(returns.min()), episodes=len(returns))
+        final = self.dist.on_main(self._final)  # rank 0 holds the evaluations and best.pt
         metrics_json = self.metrics.finish(final, step, seconds=seconds)
         rate = (step - self.first_step) / max(seconds, 1e-9)
         progress.summary(self.algo, seconds=seconds, rate=rate, unit="env steps",
@@ -211,6 +223,15 @@ class TrainingRun:
                 "best_step": int(self.best[1]), "best_selection_eval": float(self.best[0]),
                 "solved_at": self.solved_at, "wall_s": seconds, "final": final,
                 "best_path": self.best_path, "last_path": self.last_path}
+
+    def _final(self):
+        final = {"best_selection_eval": float(self.best[0]), "best_step": int(self.best[1]),
+                 "solved_at": self.solved_at}
+        if self.final_episodes:
+            returns, _ = evaluate_checkpoint(self.best_path, episodes=self.final_episodes)
+            final.update(mean_return=float(returns.mean()), std_return=float(returns.std()),
+                         min_return=float(returns.min()), episodes=len(returns))
+        return final
 
     def write_log(self):
         with open(os.path.join(self.out_dir, "episodes.csv"), "w", newline="") as f:

@@ -33,7 +33,8 @@ def _common(p, name, steps, batch_size, lr, eval_every, run):
 
 
 def _report(final):
-    print("final: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items()))
+    from ...progress import note
+    note("final: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items()))  # once, under torchrun
     return 0
 
 

@@ -1,8 +1,11 @@
 """`fastseq train captioner`: the shape-scene task (teacher-forced cross-entropy, the
 doubly stochastic attention penalty optional) and its evaluation on held-out scenes and on
-the unseen colour-shape split: exact match, BLEU-4, grounding."""
+the unseen colour-shape split: exact match, BLEU-4, grounding. Under torchrun each rank keeps
+its rows of the global batch and captions its shard of the evaluation scenes; the captions
+are gathered (BLEU is a corpus statistic) and the grounding counts summed."""
 import torch
 
+from ... import distributed
 from ..seq2seq import BOS, EOS, PAD
 from ..vocab import TokenVocab
 from . import loop
@@ -32,10 +35,13 @@ def evaluate_scenes(model, vocab, scenes, device, beam=1, batch=250):
     """exact match, BLEU-4 and grounding of the model's captions for `scenes`. Grounding is
     measured on the reference captions (teacher forced), so every object word counts, also
     in scenes whose generated caption is wrong."""
+    dist = distributed.current()
     hyps, hits, total = [], 0, 0
-    for start in range(0, len(scenes), batch):
-        images = scenes.images[start:start + batch].to(device)
-        captions = scenes.captions[start:start + batch]
+    mine = range(len(scenes))[dist.shard(len(scenes))]
+    for start in range(mine.start, mine.stop, batch):
+        stop = min(start + batch, mine.stop)
+        images = scenes.images[start:stop].to(device)
+        captions = scenes.captions[start:stop]
         if beam > 1:
             hyps += [caption_text(vocab, model.beam_search(images[i:i + 1], beam, MAX_WORDS)[0])
                      for i in range(len(images))]
@@ -50,6 +56,8 @@ def evaluate_scenes(model, vocab, scenes, device, beam=1, batch=250):
                 h, n = grounding_hits(attn[:, i].cpu(), scenes.masks[start + i],
                                       object_of_word(_objects(caption)), model.grid)
                 hits, total = hits + h, total + n
+    hyps = [h for part in dist.gather(hyps) for h in part]  # rank order is scene order
+    hits, total = dist.all_sum([hits, total])
     metrics = {"exact_match": exact_match(hyps, scenes.captions),
                "bleu4": corpus_bleu(hyps, [[c] for c in scenes.captions])}
     if total:
@@ -64,6 +72,7 @@ def _objects(caption):
 
 class CaptionTask:
     def __init__(self, args, vocab, device):
+        self.dist = distributed.current()
         self.vocab, self.device = vocab, device
         self.batch_size, self.penalty = args.batch_size, args.doubly_stochastic
         self.beam = args.beam
@@ -71,13 +80,17 @@ class CaptionTask:
         self.train = ShapeScenes(args.train_scenes, args.image_size, "train", args.seed)
         self.val = ShapeScenes(args.val_scenes, args.image_size, "val", args.seed)
         self.unseen = ShapeScenes(args.val_scenes, args.image_size, "unseen", args.seed)
-        self.generator = torch.Generator().manual_seed(args.seed)
+        self.generator = torch.Generator().manual_seed(args.seed)  # shared: ranks keep their rows
 
     def loss(self, model):
         idx = torch.randint(len(self.train), (self.batch_size,), generator=self.generator)
+        # Normalised by the whole batch's words (+ EOS each): the ranks' shares sum to its mean.
+        n_words = sum(len(self.train.captions[i]) + 1 for i in idx)
+        idx = idx[self.dist.shard(self.batch_size)]
         tgt_in, tgt = encode_captions(self.vocab, [self.train.captions[i] for i in idx], self.device)
         logits, attn = model(self.train.images[idx].to(self.device), tgt_in)
-        ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=PAD)
+        ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=PAD,
+                                               reduction="sum") / n_words
         if attn is None or not self.penalty:
             return ce, {}
         # Show, Attend and Tell's doubly stochastic penalty: over a caption, every cell's
@@ -85,7 +98,7 @@ class CaptionTask:
         real = (tgt != PAD).unsqueeze(-1)
         coverage = (attn * real).sum(0)
         expected = real.sum(0).float() / attn.shape[-1]
-        penalty = ((expected - coverage) ** 2).sum(-1).mean()
+        penalty = self.dist.share(((expected - coverage) ** 2).sum(-1).mean())
         return ce + self.penalty * penalty, {"ce": ce.item()}
 
     def evaluate(self, model):

@@ -1,9 +1,12 @@
 """`fastseq train cnn|fc|ram`: digit-canvas classification. cnn and fc learn by
 cross-entropy on the whole canvas; ram by cross-entropy for the class plus REINFORCE
-(reward 1 for a right answer, a learned baseline subtracted) for where it looks."""
+(reward 1 for a right answer, a learned baseline subtracted) for where it looks.
+Under torchrun every rank draws the global batch's canvases and keeps its rows (the batch is
+then that of one process), and the test error sums over the ranks' shards of the test set."""
 import torch
 import torch.nn.functional as F
 
+from ... import distributed, progress
 from . import loop
 from .classifiers import CNNClassifier, FCClassifier
 from .data_digits import DigitCanvases
@@ -12,6 +15,7 @@ from .ram import RAM
 
 class DigitTask:
     def __init__(self, args, device):
+        self.dist = distributed.current()
         self.device, self.batch_size = device, args.batch_size
         self.data = {"canvas": args.canvas, "canvas_size": args.canvas_size, "clutter": args.clutter,
                      "seed": args.seed}
@@ -19,21 +23,26 @@ class DigitTask:
                                     limit=getattr(args, "limit", None))
 
     def batch(self):
+        # The whole batch from the generator every rank shares, then this rank's rows: the
+        # canvases are drawn one after another from one stream, so a shard cannot be drawn alone.
         x, y = self.digits.batch(self.batch_size)
-        return x.to(self.device), y.to(self.device)
+        rows = self.dist.shard(self.batch_size)
+        return x[rows].to(self.device), y[rows].to(self.device)
 
     def loss(self, model):
         x, y = self.batch()
-        return F.cross_entropy(model(x), y), {}
+        return self.dist.share(F.cross_entropy(model(x), y)), {}
 
     @torch.no_grad()
     def predict(self, model, x):
         return model(x).argmax(-1)
 
     def evaluate(self, model):
-        x, y = self.digits.test_x.to(self.device), self.digits.test_y.to(self.device)
-        predictions = torch.cat([self.predict(model, x[i:i + 500]) for i in range(0, len(x), 500)])
-        return {"test_error": (predictions != y).float().mean().item()}
+        mine = self.dist.shard(len(self.digits.test_y))
+        x, y = self.digits.test_x[mine].to(self.device), self.digits.test_y[mine].to(self.device)
+        wrong = sum(int((self.predict(model, x[i:i + 500]) != y[i:i + 500]).sum()) for i in range(0, len(x), 500))
+        wrong, total = self.dist.all_sum([wrong, len(y)])
+        return {"test_error": wrong / total}
 
     def final(self, model):
         return {}
@@ -48,7 +57,9 @@ class DigitTask:
 class RAMTask(DigitTask):
     def __init__(self, args, device):
         super().__init__(args, device)
-        self.generator = torch.Generator(device=device).manual_seed(args.seed)
+        # The glimpse locations' noise: a stream per rank (its rows must not share noise).
+        seed = args.seed if not self.dist.enabled else args.seed * 1_000_003 + self.dist.rank
+        self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def loss(self, model):
         x, y = self.batch()
@@ -60,18 +71,24 @@ class RAMTask(DigitTask):
         advantage = (reward[:, None] - baseline).detach()
         reinforce = -(logp * advantage).sum(1).mean()
         baseline_loss = F.mse_loss(baseline, reward[:, None].expand_as(baseline))
-        return ce + reinforce + baseline_loss, {"ce": ce.item(), "reward": reward.mean().item()}
+        share = self.dist.share
+        return share(ce + reinforce + baseline_loss), {"ce": share(ce.item()), "reward": share(reward.mean().item())}
 
     @torch.no_grad()
     def predict(self, model, x):
         return model(x, sample=False)[0].argmax(-1)
 
     def state_dict(self):
-        return {**self.digits.state_dict(), "generator": self.generator.get_state()}
+        generators = self.dist.gather(self.generator.get_state())
+        return {**self.digits.state_dict(), "generator": generators[0], "generators": generators}
 
     def load_state_dict(self, state):
         self.digits.load_state_dict(state)
-        self.generator.set_state(state["generator"])
+        generators = state.get("generators") or [state["generator"]]
+        if len(generators) != self.dist.world_size:
+            raise ValueError(f"--resume: this ram run was trained by {len(generators)} process(es), each "
+                             f"with its own glimpse noise; resume it with as many (now {self.dist.world_size})")
+        self.generator.set_state(generators[self.dist.rank])
 
 
 def build(kind, args):
@@ -97,7 +114,7 @@ def train_digits(kind, args):
     run = loop.open_run(args, kind, *name_parts(kind, args))
     task = (RAMTask if kind == "ram" else DigitTask)(args, device)
     final = loop.fit(args, run, model, task)
-    if kind == "ram":
+    if kind == "ram" and task.dist.is_main:
         from .viz import plot_glimpses
 
         x = task.digits.test_x[:6].to(device)
@@ -106,5 +123,5 @@ def train_digits(kind, args):
         path = run.file("glimpses.png")
         plot_glimpses(x.cpu(), locs.cpu(), model.patch, model.scales, logits.argmax(-1).tolist(),
                       task.digits.test_y[:6].tolist(), str(path))
-        print(f"wrote {path}")
+        progress.note(f"wrote {path}")
     return final
