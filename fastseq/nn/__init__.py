@@ -21,8 +21,8 @@ for _name in ("init", "utils", "parameter", "modules"):
 _sys.modules[__name__ + ".utils.rnn"] = _tnn.utils.rnn
 
 # ---- fused recurrent layers ----
-from .rnn import LSTM, LSTMCell  # noqa: E402,F401
-from .rnn_gru import GRU, RNN, GRUCell, RNNCell  # noqa: E402,F401
+from .lstm import LSTM, LSTMCell  # noqa: E402,F401
+from .gru_rnn import GRU, RNN, GRUCell, RNNCell  # noqa: E402,F401
 
 # ---- fused attention and transformer layers ----
 from .attention import MultiheadAttention  # noqa: E402,F401

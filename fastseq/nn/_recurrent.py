@@ -38,12 +38,73 @@ default zero states, the layer x direction loop, inter-layer dropout in training
 semantics: ``F.dropout`` on each layer's output but the last; the random draws differ from
 torch's), and the stacking of final states into torch's ``(num_layers * num_directions, B, *)``.
 """
+import importlib.abc
+import importlib.util
+import sys
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
+
+from .._ext import require_cuda_build
+from ._interop import use_torch_forward
+
+# Dynamo refuses to trace any instance of torch.nn.RNN/GRU/LSTM (their forward calls _VF
+# kernels it cannot see into) unless torch._dynamo.config.allow_rnn is set. fastseq's
+# subclasses are plain Python down to the custom ops, so they trace. The switch is global
+# (it also lets Dynamo try torch's own RNN modules instead of breaking the graph there), and
+# is set when Dynamo's config loads: importing torch._dynamo here would add ~1.4 s to
+# `import fastseq`.
+def _allow_rnn_in_dynamo():
+    config = sys.modules.get("torch._dynamo.config")
+    if config is not None:
+        config.allow_rnn = True
+        return
+
+    class _SetAllowRnnOnImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name != "torch._dynamo.config":
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            exec_module = spec.loader.exec_module
+
+            def exec_and_allow(module):
+                exec_module(module)
+                module.allow_rnn = True
+            spec.loader.exec_module = exec_and_allow
+            return spec
+
+    sys.meta_path.insert(0, _SetAllowRnnOnImport())
+
+
+_allow_rnn_in_dynamo()
+
+
+CPU_FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+
+
+def fused_dtype(t: Tensor) -> bool:
+    """dtypes the fused kernels cover: float32/float64/bfloat16 on CPU; on CUDA float16 too."""
+    if t.dtype in CPU_FUSED_DTYPES:
+        return True
+    return t.dtype == torch.float16 and t.device.type == "cuda"
+
+
+def torch_fallback(module, input) -> bool:
+    """True for a dtype the kernels lack (float16 on CPU) and under export, tracing and
+    torch.func transforms (fastseq.nn._interop): torch's own forward runs it."""
+    if use_torch_forward():
+        return True
+    data = input.data if isinstance(input, torch.nn.utils.rnn.PackedSequence) else input
+    if not isinstance(data, Tensor):
+        return False
+    require_cuda_build(data.device)
+    return data.is_floating_point() and data.dtype == module.weight_ih_l0.dtype and not fused_dtype(data)
+
+
 
 LayerFn = Callable[[Tensor, Tuple[Tensor, ...], tuple, Optional[Tensor], bool],
                    Tuple[Tensor, Tuple[Tensor, ...]]]
