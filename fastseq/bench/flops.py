@@ -22,9 +22,11 @@ def _mode(forward, mode, factor):
     return forward * (factor if mode == "train" else 1.0)
 
 
-def recurrent(op, T, B, I, H, layers, mode):
+def recurrent(op, T, B, I, H, layers, mode, directions=1):
     g = GATES[op]
-    forward = sum(2.0 * T * B * g * H * ((I if layer == 0 else H) + H) for layer in range(layers))
+    # A layer above a bidirectional one reads both directions' outputs (2H features).
+    forward = directions * sum(2.0 * T * B * g * H * ((I if layer == 0 else directions * H) + H)
+                               for layer in range(layers))
     return _mode(forward, mode, GEMM_TRAIN)
 
 

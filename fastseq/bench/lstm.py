@@ -6,8 +6,9 @@ import itertools
 
 import torch
 
-from . import flops
+from . import flops, recurrent_grid
 from .harness import BenchCase
+from .recurrent_grid import LayerShape
 
 OPS = ("lstm", "lstm_cell")
 # Suite "scaling": one of T, B, H varied around T=100 B=16 H=128, one layer.
@@ -15,14 +16,17 @@ SCALING_BASE = dict(T=100, B=16, H=128)
 SCALING_AXES = dict(T=(25, 50, 100, 200, 400), B=(1, 4, 16, 64), H=(64, 128, 256, 512))
 
 
-def _layer_setup(T, B, H, L, mode, device):
+def _layer_setup(shape, mode, device):
+    T, B, H, L = shape.T, shape.B, shape.H, shape.L
+    kw = dict(num_layers=L, bidirectional=shape.bidirectional, batch_first=shape.batch_first)
+
     def setup():
         torch.manual_seed(0)
-        ref = torch.nn.LSTM(H, H, num_layers=L).to(device)
+        ref = torch.nn.LSTM(H, H, **kw).to(device)
         from ..nn import LSTM
-        fast = LSTM(H, H, num_layers=L).to(device)
+        fast = LSTM(H, H, **kw).to(device)
         fast.load_state_dict(ref.state_dict())
-        x = torch.randn(T, B, H, device=device)
+        x = torch.randn(B, T, H, device=device) if shape.batch_first else torch.randn(T, B, H, device=device)
 
         def make(module):
             params = list(module.parameters())
@@ -80,18 +84,19 @@ def _scaling_grid():
 def cases(suite, device):
     cells = []
     if suite == "small":
-        grid = [(35, 16, 128, 1, "train"), (100, 32, 256, 2, "train"), (35, 16, 128, 1, "infer"),
-                (100, 64, 256, 1, "infer")]
+        grid = [LayerShape(35, 16, 128), LayerShape(100, 32, 256, L=2)]
+        grid = [(grid[0], "train"), (grid[1], "train"), (LayerShape(35, 16, 128), "infer"),
+                (LayerShape(100, 64, 256), "infer")]
         cells = [(16, 128, "infer"), (16, 128, "train")]
     elif suite == "scaling":
-        grid = _scaling_grid()
+        grid = [(LayerShape(T, B, H, L), mode) for T, B, H, L, mode in _scaling_grid()]
     else:
-        grid = [(T, B, H, L, mode) for mode, T, B, H, L in
-                itertools.product(["train", "infer"], [35, 100, 200], [8, 64], [64, 256], [1, 2])]
+        grid = [(shape, mode) for mode in ("train", "infer") for shape in recurrent_grid.FULL]
         cells = [(B, H, mode) for mode in ("infer", "train") for B, H in ((1, 256), (16, 128), (64, 256))]
-    out = [BenchCase("lstm", f"T={T} B={B} I=H={H} L={L}", mode, "torch.nn.LSTM",
-                     _layer_setup(T, B, H, L, mode, device), flops=flops.recurrent("lstm", T, B, H, H, L, mode),
-                     dims=dict(T=T, B=B, H=H, L=L)) for T, B, H, L, mode in grid]
+    out = [BenchCase("lstm", shape.label(), mode, "torch.nn.LSTM", _layer_setup(shape, mode, device),
+                     flops=flops.recurrent("lstm", shape.T, shape.B, shape.H, shape.H, shape.L, mode,
+                                           2 if shape.bidirectional else 1),
+                     dims=shape.dims()) for shape, mode in grid]
     out += [BenchCase("lstm_cell", f"one step B={B} I=H={H}", mode, "torch.nn.LSTMCell",
                       _cell_setup(B, H, mode, device), flops=flops.recurrent("lstm", 1, B, H, H, 1, mode),
                       dims=dict(B=B, H=H)) for B, H, mode in cells]
