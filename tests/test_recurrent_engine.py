@@ -3,6 +3,7 @@
 lengths, bidirectional and stacked layers, forward and every gradient, float64 and float32,
 with the thread team forced on at every size, and results independent of the thread count."""
 import contextlib
+import copy
 
 import pytest
 import torch
@@ -52,8 +53,8 @@ def run(module, x, lengths=None):
         out, _ = pad_packed_sequence(out, total_length=x.shape[0])
     states = state if isinstance(state, tuple) else (state,)
     g = torch.Generator().manual_seed(1)
-    loss = (out * torch.randn(out.shape, generator=g, dtype=out.dtype)).sum()
-    loss = loss + sum((s * torch.randn(s.shape, generator=g, dtype=s.dtype)).sum() for s in states)
+    loss = (out * torch.randn(out.shape, generator=g).to(out.dtype)).sum()
+    loss = loss + sum((s * torch.randn(s.shape, generator=g).to(s.dtype)).sum() for s in states)
     grads = torch.autograd.grad(loss, [x, *module.parameters()])
     return [out.detach(), *[s.detach() for s in states], *grads]
 
@@ -131,3 +132,21 @@ def test_nan_in_state_reaches_output(kind):
 def test_settings_are_validated():
     with pytest.raises(RuntimeError, match="min_macs_per_thread must be >= 1, got 0"):
         fastseq._C.set_recurrent_engine_settings(0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bfloat16_error_at_most_twice_torchs(kind):
+    """bfloat16 layers (float32 compute on CPU) against a float64 reference: at most twice
+    the error of torch's own bfloat16 layer, on the output and on the input gradient."""
+    T, B, I, H = 20, 8, 32, 64
+    ref, fast = make_pair(kind, I, H, num_layers=2)
+    x = torch.randn(T, B, I)
+    exact = run(copy.deepcopy(ref).double(), x.double())
+    got_torch = run(copy.deepcopy(ref).bfloat16(), x.bfloat16())
+    got_fast = run(copy.deepcopy(fast).bfloat16(), x.bfloat16())
+    assert got_fast[0].dtype == torch.bfloat16 and got_fast[-1].dtype == torch.bfloat16
+    input_grad = 3 if kind == "lstm" else 2  # after output and the final state(s)
+    for i in (0, input_grad):
+        err_torch = (got_torch[i].double() - exact[i]).abs().max().item()
+        err_fast = (got_fast[i].double() - exact[i]).abs().max().item()
+        assert err_fast <= 2 * err_torch, (i, err_fast, err_torch)

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from .._ext import _C
+from ._cpu_bfloat16 import bfloat16_in_float32_on_cpu
 from ._autocast import autocast_as, register_custom_op_autocast
 from ._double_backward import create_graph_requested, recomputed_grads
 from ._route import use_custom_op
@@ -102,6 +103,7 @@ class _GRUEager(torch.autograd.Function):
 
 
 @autocast_as("gru")
+@bfloat16_in_float32_on_cpu
 def gru(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
         b_hh: Optional[Tensor] = None, batch_sizes: Optional[Tensor] = None,
         reverse: bool = False) -> Tuple[Tensor, Tensor]:

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .._ext import _C
+from ._cpu_bfloat16 import bfloat16_in_float32_on_cpu
 from ._autocast import autocast_as, register_custom_op_autocast
 from ._double_backward import create_graph_requested, recomputed_grads
 from ._route import use_custom_op
@@ -124,6 +125,7 @@ class _LSTMLayerFunction(torch.autograd.Function):
 
 
 @autocast_as("lstm")
+@bfloat16_in_float32_on_cpu
 def lstm_layer(x: Tensor, state: Tuple[Tensor, Tensor], weights: tuple,
                batch_sizes: Optional[Tensor] = None, reverse: bool = False):
     """The layer_fn of fastseq.nn._recurrent: (out [T, B, P], (h_n, c_n)).

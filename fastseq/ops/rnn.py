@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .._ext import _C
+from ._cpu_bfloat16 import bfloat16_in_float32_on_cpu
 from ._autocast import autocast_as, register_custom_op_autocast
 from ._double_backward import create_graph_requested, recomputed_grads
 from ._route import use_custom_op
@@ -98,6 +99,7 @@ class _RNNEager(torch.autograd.Function):
 
 
 @autocast_as("rnn")
+@bfloat16_in_float32_on_cpu
 def rnn(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
         b_hh: Optional[Tensor] = None, batch_sizes: Optional[Tensor] = None, reverse: bool = False,
         nonlinearity: str = "tanh") -> Tuple[Tensor, Tensor]:

@@ -1,0 +1,30 @@
+"""bfloat16 recurrent layers on CPU compute in float32: the decorated layer op gets its
+floating tensors (input, states, weights) cast to float32, runs the float32 sequence
+engine (csrc/recurrent/), and returns bfloat16. The casts are ordinary autograd ops, so
+gradients come back in bfloat16 too. Why: the float32 engine runs a bf16 layer 2-20x
+faster than the per-step bf16 loop (and than torch's own bf16 LSTM/GRU on CPUs without
+AMX), and keeps the cell state and every sum in float32, so its error against a float64
+reference is that of rounding the inputs and outputs only (docs/numerics.md)."""
+import functools
+
+import torch
+from torch import Tensor
+
+
+def _cast(value, dtype):
+    if isinstance(value, Tensor) and value.is_floating_point():
+        return value.to(dtype)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cast(v, dtype) for v in value)
+    return value
+
+
+def bfloat16_in_float32_on_cpu(fn):
+    """Decorator for a layer op fn(x, ...): float32 compute when x is a CPU bfloat16 tensor."""
+    @functools.wraps(fn)
+    def run(x, *args, **kwargs):
+        if x.dtype is not torch.bfloat16 or x.device.type != "cpu":
+            return fn(x, *args, **kwargs)
+        result = fn(_cast(x, torch.float32), *_cast(args, torch.float32), **_cast(kwargs, torch.float32))
+        return _cast(result, torch.bfloat16)
+    return run
