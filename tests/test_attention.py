@@ -383,36 +383,63 @@ def test_cuda_matches_torch(dtype, causal):
         assert err <= 2 * torch_err + 1e-5
 
 
-def test_blas_tile_path_matches_torch():
-    # The BLAS tile products (used without AVX-512) in a fresh process, forced by env.
-    import os
-    import subprocess
-    import sys
-    code = """
-import torch, torch.nn.functional as F
-import fastseq.nn.functional as FF
-from torch.nn.attention import SDPBackend, sdpa_kernel
-torch.manual_seed(0)
-for (L, S, E, Ev, causal, gqa) in [(37, 300, 64, 40, False, False), (70, 45, 16, 16, True, True)]:
+def _gemm_paths():
+    paths = ["auto", "blas"]
+    try:  # tile_gemm.h exists in AVX-512 builds only; the setter says so otherwise
+        with fastseq.ops.attention_settings(gemm="tile"):
+            paths.append("tile")
+    except ValueError as e:
+        assert "AVX-512" in str(e)
+    return paths
+
+
+# Each GEMM path (auto: brgemm for float32 where oneDNN serves, tile_gemm.h for float64; blas:
+# sgemm_/dgemm_; tile: tile_gemm.h for float32 too), with the default tiles and with tiles small
+# enough that every kernel walks several query and key tiles (and a ragged last one).
+@pytest.mark.parametrize("gemm", _gemm_paths())
+@pytest.mark.parametrize("tiles", ["default", "small"])
+@pytest.mark.parametrize("L,S,E,Ev,causal,gqa", [(37, 300, 64, 40, False, False),
+                                                 (70, 45, 16, 16, True, True)])
+def test_gemm_paths_and_tiles_match_torch(gemm, tiles, L, S, E, Ev, causal, gqa):
+    small = dict(block_q=16, block_k=32, block_q_bwd=8, block_k_bwd=24, br_block_q=16,
+                 br_block_k=48, br_block_q_bwd=16, br_block_k_bwd=32)
+    changes = dict(gemm=gemm, **(small if tiles == "small" else {}))
+    torch.manual_seed(0)
     q = torch.randn(2, 4, L, E, dtype=torch.float64, requires_grad=True)
     k = torch.randn(2, 2 if gqa else 4, S, E, dtype=torch.float64, requires_grad=True)
     v = torch.randn(2, 2 if gqa else 4, S, Ev, dtype=torch.float64, requires_grad=True)
     mask = None if causal else torch.rand(L, S) > 0.2
     if mask is not None:
         mask[:, 0] = True
-    out = FF.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
-    with sdpa_kernel(SDPBackend.MATH):
-        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
+    kw = dict(attn_mask=mask, is_causal=causal, enable_gqa=gqa)
+    ref = torch_sdpa(q, k, v, **kw)
     g = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), g)
+    with fastseq.ops.attention_settings(**changes) as now:
+        assert {key: now[key] for key in changes} == changes
+        out = FF.scaled_dot_product_attention(q, k, v, **kw)
+        grads = torch.autograd.grad(out, (q, k, v), g)
+        q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+        o32 = FF.scaled_dot_product_attention(q32, k32, v32, **kw)
+        grads32 = torch.autograd.grad(o32, (q32, k32, v32), g.float())
+        ow32, w32 = FF.scaled_dot_product_attention_with_weights(q32, k32, v32, **kw)
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
-    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+    for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
-    o32, w32 = FF.scaled_dot_product_attention_with_weights(q.float(), k.float(), v.float(),
-        attn_mask=mask, is_causal=causal, enable_gqa=gqa)
     torch.testing.assert_close(o32.double(), ref, atol=1e-5, rtol=0)
-"""
-    env = dict(os.environ, FASTSEQ_ATTN_GEMM="blas")
-    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    torch.testing.assert_close(ow32.double(), ref, atol=1e-5, rtol=0)
+    for a, b in zip(grads32, ref_grads):
+        torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=0)
+
+
+def test_attention_settings_restored_after_block():
+    before = fastseq._C.attention_settings()
+    with pytest.raises(KeyError):
+        with fastseq.ops.attention_settings(gemm="blas", block_k=17) as inside:
+            assert inside["gemm"] == "blas" and inside["block_k"] == 17
+            assert fastseq._C.attention_settings() == inside
+            raise KeyError("leaves the block")
+    assert fastseq._C.attention_settings() == before
 
 
 def test_with_weights_gqa_float_mask_grad():

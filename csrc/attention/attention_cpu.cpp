@@ -15,13 +15,13 @@
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
 
 #include "attention/attention_math.h"
+#include "attention/attention_settings.h"
 #include "attention/tile_gemm.h"
 
 extern "C" {
@@ -71,26 +71,24 @@ void gemm_rowmajor(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, 
 
 // With AVX-512 the tiles go through tile_gemm.h's register-blocked kernel: measured ~2.5x
 // the throughput of the BLAS torch links (MKL takes a 256-bit path on AMD) on 64 x 256 x 64
-// tiles, single thread, Zen 5. Elsewhere, or with FASTSEQ_ATTN_GEMM=blas (tests use it to
+// tiles, single thread, Zen 5. Elsewhere, or with the setting gemm="blas" (tests use it to
 // cover both paths), the BLAS serves.
 #if defined(__AVX512F__)
-const bool kTileGemm = [] {
-  const char* v = std::getenv("FASTSEQ_ATTN_GEMM");
-  return !(v && std::strcmp(v, "blas") == 0);
-}();
+constexpr bool kHaveTileGemm = true;
 #else
-constexpr bool kTileGemm = false;
+constexpr bool kHaveTileGemm = false;
 #endif
 
 // Row-major C[M,N] = alpha * op(A) op(B) + beta * C. A with trans_a is stored [K, M]. B with
 // trans_b is stored [N, K]; tile_gemm takes it packed as row-major [K, N] in b_packed, or, when
 // b_packed is null (few rows: packing would cost more than it saves), as dot products.
+// tile: tile_gemm.h (Problem::tile_gemm) rather than the BLAS.
 template <typename T>
-void tile_product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
+void tile_product(bool tile, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
                   const T* A, int64_t lda, const T* B, int64_t ldb, const T* b_packed, T beta,
                   T* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
-  if (kTileGemm) {
+  if (tile) {
     const int64_t a_row = trans_a ? 1 : lda, a_col = trans_a ? lda : 1;
     if (trans_b && b_packed == nullptr && !trans_a)
       tile_gemm::gemm_nt<T>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -110,9 +108,9 @@ constexpr int64_t kMinRowsToPack = 16;
 // Packs a key or value tile [n, d] (row stride ld) as [d, n] for tile_product's trans_b, when
 // rows_using_it query rows will multiply it.
 template <typename T>
-const T* pack_transposed(const T* src, int64_t n, int64_t d, int64_t ld, T* buf,
+const T* pack_transposed(bool tile, const T* src, int64_t n, int64_t d, int64_t ld, T* buf,
                          int64_t rows_using_it) {
-  if (kTileGemm && rows_using_it >= kMinRowsToPack) {
+  if (tile && rows_using_it >= kMinRowsToPack) {
     tile_gemm::transpose<T>(n, d, src, ld, buf, n);
     return buf;
   }
@@ -139,24 +137,15 @@ struct Problem {
   float dropout_p;
   acc_t keep_scale;
   uint64_t seed;
+  // This call's settings (attention_settings.h), resolved against what the CPU has.
+  AttentionSettings tune;
+  bool tile_gemm;  // tile_gemm.h rather than the BLAS for the non-brgemm tiles
+  bool brgemm;     // oneDNN brgemm where a kernel has a brgemm form
 
   uint32_t dropout_row(int64_t b, int64_t h, int64_t i) const {
     return static_cast<uint32_t>((b * Hq + h) * L + i);
   }
 };
-
-// Tile sizes. Forward: a query tile of rows shares each key/value tile it loads; the key tile
-// bounds the per-thread score buffer (block_q x block_k floats, well within L2). Backward: the
-// same for its probability and dP tiles. FASTSEQ_ATTN_BLOCK_{Q,K}[_BWD] override them (tuning).
-int64_t tile_size(const char* env, int64_t fallback) {
-  const char* v = std::getenv(env);
-  const int64_t n = v ? std::atoll(v) : 0;
-  return n > 0 ? n : fallback;
-}
-const int64_t kBlockQ = tile_size("FASTSEQ_ATTN_BLOCK_Q", 64);
-const int64_t kBlockK = tile_size("FASTSEQ_ATTN_BLOCK_K", 256);
-const int64_t kBlockQB = tile_size("FASTSEQ_ATTN_BLOCK_Q_BWD", 64);
-const int64_t kBlockKB = tile_size("FASTSEQ_ATTN_BLOCK_K_BWD", 128);
 
 // A [rows, cols] slab with row stride ld as acc_t: the input itself when it already is acc_t,
 // else converted into buf (bfloat16 -> float), so that BLAS sees float.
@@ -276,15 +265,14 @@ class ThreadScratch {
 // ---------------------------------------------------------------------------------------------
 // oneDNN's brgemm micro-kernels (what torch's own CPU flash attention calls): row-major
 // C[M, N] (+)= A[M, K] B[K, N] with leading dimensions, no alpha. float32 tiles go through them
-// where oneDNN's ukernel API serves this CPU (x86-64 with AVX-512); FASTSEQ_ATTN_GEMM=blas or
-// =tile keeps the older paths (tests cover them).
+// where oneDNN's ukernel API serves this CPU (x86-64 with AVX-512); the settings gemm="blas"
+// or "tile" keep the older paths (tests cover them).
 
 namespace cpublas = at::native::cpublas;
 
-bool brgemm_usable() {
+// Whether oneDNN's brgemm runs on this CPU: probed once (it is the hardware's answer).
+bool brgemm_available() {
   static const bool ok = [] {
-    const char* v = std::getenv("FASTSEQ_ATTN_GEMM");
-    if (v && (std::strcmp(v, "blas") == 0 || std::strcmp(v, "tile") == 0)) return false;
     try {
       float a[16] = {1.f}, b[16 * 16] = {}, c[16 * 16];
       b[0] = 2.f;
@@ -304,10 +292,8 @@ inline int64_t padded_ld(int64_t n) { return (n + 15) / 16 * 16 + 16; }
 
 // Query rows per forward task: bigger tiles amortise each key/value tile over more rows; the
 // score tile (rows x key block floats) stays well inside a 2 MB L2.
-const int64_t kBrBlockQ = tile_size("FASTSEQ_ATTN_BR_BLOCK_Q", 0);  // 0: by L
-const int64_t kBrBlockK = tile_size("FASTSEQ_ATTN_BR_BLOCK_K", 512);
-inline int64_t br_block_q(int64_t L) {
-  if (kBrBlockQ > 0) return kBrBlockQ;
+inline int64_t br_block_q(const AttentionSettings& tune, int64_t L) {
+  if (tune.br_block_q > 0) return tune.br_block_q;
   return L >= 768 ? 256 : (L >= 192 ? 64 : 32);
 }
 
@@ -446,8 +432,8 @@ TileMask classify_tile(const Problem<scalar_t>& P, int64_t b, int64_t h, int64_t
 // second brgemm accumulating into the output tile.
 void forward_brgemm(const Problem<float>& P, float* out, float* lse) {
   const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev;
-  const int64_t Bq = std::min(br_block_q(L), L);
-  const int64_t Bk = std::max<int64_t>(1, std::min(kBrBlockK, S));
+  const int64_t Bq = std::min(br_block_q(P.tune, L), L);
+  const int64_t Bk = std::max<int64_t>(1, std::min(P.tune.br_block_k, S));
   const int64_t lds = padded_ld(Bk), ldkt = padded_ld(S);
   const int64_t n_q_tiles = (L + Bq - 1) / Bq;
   const bool dropout = P.dropout_p > 0.f;
@@ -723,7 +709,7 @@ bool try_forward_brgemm<float>(const Problem<float>& P, float* out, float* lse) 
     forward_decode(P, out, lse);
     return true;
   }
-  if (!brgemm_usable()) return false;
+  if (!P.brgemm) return false;
   forward_brgemm(P, out, lse);
   return true;
 }
@@ -764,8 +750,8 @@ template <typename scalar_t>
 void forward_brgemm_reduced(const Problem<scalar_t>& P, scalar_t* out, float* lse) {
   const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev;
   const at::ScalarType dt = c10::CppTypeToScalarType<scalar_t>::value;
-  const int64_t Bq = std::min(br_block_q(L), L);
-  const int64_t Bk = std::max<int64_t>(kPackN, std::min(kBrBlockK / kPackN * kPackN, round_up(S, kPackN)));
+  const int64_t Bq = std::min(br_block_q(P.tune, L), L);
+  const int64_t Bk = std::max<int64_t>(kPackN, std::min(P.tune.br_block_k / kPackN * kPackN, round_up(S, kPackN)));
   const int64_t lds = Bk + 16, ldp = Bk + 32, ldo = round_up(Ev, kPackN);
   const int64_t S64 = round_up(S, kPackN), S2 = round_up(S, 2);
   const int64_t n_q_tiles = (L + Bq - 1) / Bq;
@@ -870,21 +856,22 @@ void forward_brgemm_reduced(const Problem<scalar_t>& P, scalar_t* out, float* ls
   });
 }
 
-bool reduced_brgemm_usable(at::ScalarType dt) {
-  static const bool bf16 = brgemm_usable() && cpublas::could_pack(at::kBFloat16);
-  static const bool f16 = brgemm_usable() && cpublas::could_pack(at::kHalf);
+// Whether oneDNN packs dt on this CPU (AMX / AVX-512 VNNI): probed once.
+bool reduced_brgemm_available(at::ScalarType dt) {
+  static const bool bf16 = brgemm_available() && cpublas::could_pack(at::kBFloat16);
+  static const bool f16 = brgemm_available() && cpublas::could_pack(at::kHalf);
   return dt == at::kBFloat16 ? bf16 : f16;
 }
 
 template <>
 bool try_forward_brgemm<c10::BFloat16>(const Problem<c10::BFloat16>& P, c10::BFloat16* out, float* lse) {
-  if (P.L < kMinRowsToPack || P.E % 2 != 0 || !reduced_brgemm_usable(at::kBFloat16)) return false;
+  if (P.L < kMinRowsToPack || P.E % 2 != 0 || !P.brgemm || !reduced_brgemm_available(at::kBFloat16)) return false;
   forward_brgemm_reduced(P, out, lse);
   return true;
 }
 template <>
 bool try_forward_brgemm<c10::Half>(const Problem<c10::Half>& P, c10::Half* out, float* lse) {
-  if (P.L < kMinRowsToPack || P.E % 2 != 0 || !reduced_brgemm_usable(at::kHalf)) return false;
+  if (P.L < kMinRowsToPack || P.E % 2 != 0 || !P.brgemm || !reduced_brgemm_available(at::kHalf)) return false;
   forward_brgemm_reduced(P, out, lse);
   return true;
 }
@@ -900,7 +887,7 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
   using acc_t = acc_type<scalar_t>;
   constexpr bool kConvert = !std::is_same_v<scalar_t, acc_t>;
   const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev;
-  const int64_t Bq = std::min(kBlockQ, L), Bk = std::max<int64_t>(1, std::min(kBlockK, S));
+  const int64_t Bq = std::min(P.tune.block_q, L), Bk = std::max<int64_t>(1, std::min(P.tune.block_k, S));
   const int64_t n_q_tiles = (L + Bq - 1) / Bq;
   const bool dropout = P.dropout_p > 0.f;
   const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
@@ -908,7 +895,7 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
   // Per-thread tiles; with weights the scores of whole rows are kept (they are an output).
   const ThreadScratch<acc_t> scratch({Bq * (weights ? std::max<int64_t>(S, 1) : Bk), Bq * Ev, Bq,
                                       Bq, kConvert ? Bq * E : 0, kConvert ? Bk * E : 0,
-                                      kConvert ? Bk * Ev : 0, kTileGemm ? Bk * E : 0});
+                                      kConvert ? Bk * Ev : 0, P.tile_gemm ? Bk * E : 0});
   at::parallel_for(0, P.B * P.Hq * n_q_tiles, 1, [&](int64_t begin, int64_t end) {
     acc_t* const scores = scratch.get(0);
     acc_t* const acc_out = scratch.get(1);
@@ -940,8 +927,8 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
           const int64_t nk = std::min(Bk, kv_end - k0);
           const acc_t* ka = as_acc(k_head + k0 * P.k_ss, nk, E, P.k_ss, k_buf, ldk);
           const acc_t* va = as_acc(v_head + k0 * P.v_ss, nk, Ev, P.v_ss, v_buf, ldv);
-          const acc_t* kt = pack_transposed(ka, nk, E, ldk, kt_buf, nq);
-          tile_product<acc_t>(false, true, nq, nk, E, P.scale, qa, ldq, ka, ldk, kt, 0, s, nk);
+          const acc_t* kt = pack_transposed(P.tile_gemm, ka, nk, E, ldk, kt_buf, nq);
+          tile_product<acc_t>(P.tile_gemm, false, true, nq, nk, E, P.scale, qa, ldq, ka, ldk, kt, 0, s, nk);
           for (int64_t r = 0; r < nq; ++r) {
             acc_t* srow = s + r * nk;
             mask_score_row(P, b, h, q0 + r, k0, nk, srow);
@@ -956,7 +943,7 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
             }
             if (dropout) apply_dropout_row(P, P.dropout_row(b, h, q0 + r), k0, nk, srow);
           }
-          tile_product<acc_t>(false, false, nq, Ev, nk, 1, s, nk, va, ldv, nullptr, 1, o, Ev);
+          tile_product<acc_t>(P.tile_gemm, false, false, nq, Ev, nk, 1, s, nk, va, ldv, nullptr, 1, o, Ev);
         }
       } else {
         // Weights wanted: the rows are materialised anyway (they are the output), so the exact
@@ -965,8 +952,8 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
         for (int64_t k0 = 0; k0 < kv_end; k0 += Bk) {
           const int64_t nk = std::min(Bk, kv_end - k0);
           const acc_t* ka = as_acc(k_head + k0 * P.k_ss, nk, E, P.k_ss, k_buf, ldk);
-          const acc_t* kt = pack_transposed(ka, nk, E, ldk, kt_buf, nq);
-          tile_product<acc_t>(false, true, nq, nk, E, P.scale, qa, ldq, ka, ldk, kt, 0, s + k0, lds);
+          const acc_t* kt = pack_transposed(P.tile_gemm, ka, nk, E, ldk, kt_buf, nq);
+          tile_product<acc_t>(P.tile_gemm, false, true, nq, nk, E, P.scale, qa, ldq, ka, ldk, kt, 0, s + k0, lds);
         }
         for (int64_t r = 0; r < nq; ++r) {
           const int64_t i = q0 + r;
@@ -987,7 +974,7 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
         for (int64_t k0 = 0; k0 < kv_end; k0 += Bk) {
           const int64_t nk = std::min(Bk, kv_end - k0);
           const acc_t* va = as_acc(v_head + k0 * P.v_ss, nk, Ev, P.v_ss, v_buf, ldv);
-          tile_product<acc_t>(false, false, nq, Ev, nk, 1, s + k0, lds, va, ldv, nullptr, 1, o, Ev);
+          tile_product<acc_t>(P.tile_gemm, false, false, nq, Ev, nk, 1, s + k0, lds, va, ldv, nullptr, 1, o, Ev);
         }
       }
 
@@ -1027,8 +1014,8 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
   using acc_t = acc_type<scalar_t>;
   constexpr bool kConvert = !std::is_same_v<scalar_t, acc_t>;
   const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev, G = P.group;
-  const int64_t Bq = std::max<int64_t>(1, std::min(kBlockQB, L));
-  const int64_t Bk = std::max<int64_t>(1, std::min<int64_t>(kBlockKB, S));
+  const int64_t Bq = std::max<int64_t>(1, std::min(P.tune.block_q_bwd, L));
+  const int64_t Bk = std::max<int64_t>(1, std::min<int64_t>(P.tune.block_k_bwd, S));
   const bool dropout = P.dropout_p > 0.f;
 
   // A task is one (batch, key head) unit, or a share of its key tiles when there are fewer
@@ -1051,7 +1038,7 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
                                       Bq * Bk, Bq * Bk, dropout ? Bq * Bk : 0,
                                       kConvert ? G * L * E : 0, kConvert ? G * L * Ev : 0,
                                       kConvert ? Bk * E : 0, kConvert ? Bk * Ev : 0,
-                                      kTileGemm ? Bk * E : 0, kTileGemm ? Bk * Ev : 0});
+                                      P.tile_gemm ? Bk * E : 0, P.tile_gemm ? Bk * Ev : 0});
   at::parallel_for(0, units * splits, 1, [&](int64_t begin, int64_t end) {
     acc_t* const d_row = scratch.get(0);
     acc_t* const dq_scratch = scratch.get(1);
@@ -1106,8 +1093,8 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
         int64_t ldk, ldv;
         const acc_t* ka = as_acc(k_head + k0 * P.k_ss, nk, E, P.k_ss, k_buf, ldk);
         const acc_t* va = as_acc(v_head + k0 * P.v_ss, nk, Ev, P.v_ss, v_buf, ldv);
-        const acc_t* kt = pack_transposed(ka, nk, E, ldk, kt_buf, G * L);
-        const acc_t* vt = pack_transposed(va, nk, Ev, ldv, vt_buf, G * L);
+        const acc_t* kt = pack_transposed(P.tile_gemm, ka, nk, E, ldk, kt_buf, G * L);
+        const acc_t* vt = pack_transposed(P.tile_gemm, va, nk, Ev, ldv, vt_buf, G * L);
         std::fill(dk_acc, dk_acc + nk * E, acc_t(0));
         std::fill(dv_acc, dv_acc + nk * Ev, acc_t(0));
         // Under causal, rows before k0 see none of these keys.
@@ -1120,7 +1107,7 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
             const acc_t* doa = do_heads[g] + q0 * do_ld[g];
             acc_t* p = p_tile;
             acc_t* dp = dp_tile;
-            tile_product<acc_t>(false, true, nq, nk, E, P.scale, qa, q_ld[g], ka, ldk, kt, 0, p, nk);
+            tile_product<acc_t>(P.tile_gemm, false, true, nq, nk, E, P.scale, qa, q_ld[g], ka, ldk, kt, 0, p, nk);
             for (int64_t r = 0; r < nq; ++r) {
               acc_t* prow = p + r * nk;
               mask_score_row(P, b, h, q0 + r, k0, nk, prow);
@@ -1136,9 +1123,9 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
               pv = pd_tile;
             }
             // dV += Pd^T dO ; dP = dO V^T
-            tile_product<acc_t>(true, false, nk, Ev, nq, 1, pv, nk, doa, do_ld[g], nullptr, 1,
+            tile_product<acc_t>(P.tile_gemm, true, false, nk, Ev, nq, 1, pv, nk, doa, do_ld[g], nullptr, 1,
                                  dv_acc, Ev);
-            tile_product<acc_t>(false, true, nq, nk, Ev, 1, doa, do_ld[g], va, ldv, vt, 0, dp, nk);
+            tile_product<acc_t>(P.tile_gemm, false, true, nq, nk, Ev, 1, doa, do_ld[g], va, ldv, vt, 0, dp, nk);
             for (int64_t r = 0; r < nq; ++r) {
               const int64_t i = q0 + r;
               acc_t* dprow = dp + r * nk;
@@ -1154,9 +1141,9 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
               if (io.dmask) std::memcpy(io.dmask + (bh * L + i) * S + k0, dprow, nk * sizeof(acc_t));
             }
             // dQ += scale dS K ; dK += scale dS^T Q
-            tile_product<acc_t>(false, false, nq, E, nk, P.scale, dp, nk, ka, ldk, nullptr, 1,
+            tile_product<acc_t>(P.tile_gemm, false, false, nq, E, nk, P.scale, dp, nk, ka, ldk, nullptr, 1,
                                  dq_acc + (g * L + q0) * E, E);
-            tile_product<acc_t>(true, false, nk, E, nq, P.scale, dp, nk, qa, q_ld[g], nullptr, 1,
+            tile_product<acc_t>(P.tile_gemm, true, false, nk, E, nq, P.scale, dp, nk, qa, q_ld[g], nullptr, 1,
                                  dk_acc, E);
           }
         }
@@ -1190,13 +1177,10 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
 // of its query heads are transposed once; per key tile, K^T and V^T once. dK and dV accumulate
 // transposed (dK^T += Q^T dS, dV^T += dO^T P: both operands as they are) and are transposed
 // back when the key tile is done; dS carries the scale.
-const int64_t kBrBlockQB = tile_size("FASTSEQ_ATTN_BR_BLOCK_Q_BWD", 64);
-const int64_t kBrBlockKB = tile_size("FASTSEQ_ATTN_BR_BLOCK_K_BWD", 128);
-
 void backward_brgemm(const Problem<float>& P, const BackwardIO<float>& io) {
   const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev, G = P.group;
-  const int64_t Bq = std::max<int64_t>(1, std::min(kBrBlockQB, L));
-  const int64_t Bk = std::max<int64_t>(1, std::min<int64_t>(kBrBlockKB, S));
+  const int64_t Bq = std::max<int64_t>(1, std::min(P.tune.br_block_q_bwd, L));
+  const int64_t Bk = std::max<int64_t>(1, std::min<int64_t>(P.tune.br_block_k_bwd, S));
   const int64_t ldk = padded_ld(Bk), ldl = padded_ld(L);
   const bool dropout = P.dropout_p > 0.f;
   const float scale = P.scale;
@@ -1365,7 +1349,7 @@ bool try_backward_brgemm(const Problem<scalar_t>&, const BackwardIO<scalar_t>&) 
 }
 template <>
 bool try_backward_brgemm<float>(const Problem<float>& P, const BackwardIO<float>& io) {
-  if (!brgemm_usable() || P.L < kMinRowsToPack) return false;
+  if (!P.brgemm || P.L < kMinRowsToPack) return false;
   backward_brgemm(P, io);
   return true;
 }
@@ -1414,6 +1398,9 @@ Problem<scalar_t> make_problem(const at::Tensor& q, const at::Tensor& k, const a
   P.dropout_p = static_cast<float>(dropout_p);
   P.keep_scale = dropout_p > 0 ? static_cast<acc_t>(1.0 / (1.0 - dropout_p)) : acc_t(1);
   P.seed = static_cast<uint64_t>(seed);
+  P.tune = attention_settings_snapshot();  // once per call: a concurrent change waits for the next
+  P.tile_gemm = kHaveTileGemm && P.tune.gemm != AttentionGemm::kBlas;
+  P.brgemm = P.tune.gemm == AttentionGemm::kAuto && brgemm_available();
   return P;
 }
 
