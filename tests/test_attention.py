@@ -383,6 +383,16 @@ def test_cuda_matches_torch(dtype, causal):
         assert err <= 2 * torch_err + 1e-5
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build of fastseq")
+def test_cuda_float64_is_a_clear_error():
+    # The CPU runs float64; the CUDA kernels have none: a sentence, not a failed launch.
+    q = torch.randn(1, 2, 4, 8, dtype=torch.float64, device="cuda")
+    with pytest.raises(RuntimeError, match=r"query is float64 on cuda:\d+; the CUDA kernels support "
+                                           r"float32, bfloat16 and float16 \(float64 runs on the CPU\)"):
+        FF.scaled_dot_product_attention(q, q, q)
+
+
 def _gemm_paths():
     paths = ["auto", "blas"]
     try:  # tile_gemm.h exists in AVX-512 builds only; the setter says so otherwise

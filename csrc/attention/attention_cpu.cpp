@@ -6,11 +6,9 @@
 // float32 flash-decoding forward.
 #include "attention/attention.h"
 
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/core/ScalarType.h>
 #include <c10/util/BFloat16.h>
 
@@ -21,6 +19,7 @@
 #include <vector>
 
 #include "attention/attention_math.h"
+#include "attention/attention_params.h"
 #include "attention/attention_settings.h"
 #include "attention/tile_gemm.h"
 
@@ -117,34 +116,28 @@ const T* pack_transposed(bool tile, const T* src, int64_t n, int64_t d, int64_t 
   return nullptr;
 }
 
-enum class MaskKind { kNone, kBool, kAdditive };
+using attn::MaskKind;
 
-// Everything a kernel needs, as raw pointers and strides (0 strides for broadcast dims).
+// The shared problem (attention_params.h) at one element type, with this call's settings:
+// typed pointers, and scale / keep_scale in the accumulation type. These deliberately hide
+// Params' untyped q, k, v and double scalars, so a kernel cannot pick those up by mistake;
+// every size and stride is Params' own.
 template <typename scalar_t>
-struct Problem {
+struct Problem : attn::Params {
   using acc_t = acc_type<scalar_t>;
   const scalar_t* q;
   const scalar_t* k;
   const scalar_t* v;
-  int64_t B, Hq, Hk, L, S, E, Ev, group;
-  int64_t q_sb, q_sh, q_sl, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss;
-  MaskKind mask_kind = MaskKind::kNone;
-  const uint8_t* mask_bool = nullptr;
-  const scalar_t* mask_add = nullptr;
-  int64_t m_sb = 0, m_sh = 0, m_sl = 0, m_ss = 0;
+  const uint8_t* mask_bool;  // MaskKind::kBool, else null
+  const scalar_t* mask_add;  // MaskKind::kAdditive, else null
   acc_t scale;
-  bool causal;
-  float dropout_p;
   acc_t keep_scale;
-  uint64_t seed;
   // This call's settings (attention_settings.h), resolved against what the CPU has.
   AttentionSettings tune;
   bool tile_gemm;  // tile_gemm.h rather than the BLAS for the non-brgemm tiles
   bool brgemm;     // oneDNN brgemm where a kernel has a brgemm form
 
-  uint32_t dropout_row(int64_t b, int64_t h, int64_t i) const {
-    return static_cast<uint32_t>((b * Hq + h) * L + i);
-  }
+  explicit Problem(const attn::Params& p);
 };
 
 // A [rows, cols] slab with row stride ld as acc_t: the input itself when it already is acc_t,
@@ -995,18 +988,29 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
 // query heads that share it under GQA), streams key tiles and, for each, every query tile
 // that can see it, recomputing P = exp(scale * Q K^T + mask - lse).
 
+// attn::BackwardBuffers at one element type (lse and dmask in the accumulation type).
 template <typename scalar_t>
 struct BackwardIO {
   using acc_t = acc_type<scalar_t>;
-  const scalar_t* grad_out;      // [B, Hq, L, Ev] contiguous
-  const scalar_t* out;           // [B, Hq, L, Ev] contiguous
-  const acc_t* lse;              // [B, Hq, L]
-  const scalar_t* weights;       // [B, Hq, L, S] contiguous, or null
-  const scalar_t* grad_weights;  // [B, Hq, L, S] contiguous, or null
-  scalar_t* dq;                  // [B, Hq, L, E]
-  scalar_t* dk;                  // [B, Hk, S, E]
-  scalar_t* dv;                  // [B, Hk, S, Ev]
-  acc_t* dmask;                  // [B, Hq, L, S] or null
+  explicit BackwardIO(const attn::BackwardBuffers& b)
+      : grad_out(static_cast<const scalar_t*>(b.grad_out)),
+        out(static_cast<const scalar_t*>(b.out)),
+        lse(static_cast<const acc_t*>(b.lse)),
+        weights(static_cast<const scalar_t*>(b.weights)),
+        grad_weights(static_cast<const scalar_t*>(b.grad_weights)),
+        dq(static_cast<scalar_t*>(b.dq)),
+        dk(static_cast<scalar_t*>(b.dk)),
+        dv(static_cast<scalar_t*>(b.dv)),
+        dmask(static_cast<acc_t*>(b.dmask)) {}
+  const scalar_t* grad_out;
+  const scalar_t* out;
+  const acc_t* lse;
+  const scalar_t* weights;       // null without grad_weights
+  const scalar_t* grad_weights;
+  scalar_t* dq;
+  scalar_t* dk;
+  scalar_t* dv;
+  acc_t* dmask;                  // null without a mask gradient
 };
 
 template <typename scalar_t>
@@ -1356,120 +1360,52 @@ bool try_backward_brgemm<float>(const Problem<float>& P, const BackwardIO<float>
 
 // ---------------------------------------------------------------------------------------------
 
-// BLAS needs unit stride along a row and a row stride covering the row.
-at::Tensor blas_ready(const at::Tensor& t) {
-  const bool ok = t.stride(3) == 1 && (t.size(2) <= 1 || t.stride(2) >= t.size(3));
-  return ok ? t : t.contiguous();
-}
-
 template <typename scalar_t>
-Problem<scalar_t> make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                               const std::optional<at::Tensor>& mask, double dropout_p,
-                               bool is_causal, double scale, int64_t seed) {
-  using acc_t = acc_type<scalar_t>;
-  Problem<scalar_t> P;
-  P.q = q.const_data_ptr<scalar_t>();
-  P.k = k.const_data_ptr<scalar_t>();
-  P.v = v.const_data_ptr<scalar_t>();
-  P.B = q.size(0);
-  P.Hq = q.size(1);
-  P.Hk = k.size(1);
-  P.L = q.size(2);
-  P.S = k.size(2);
-  P.E = q.size(3);
-  P.Ev = v.size(3);
-  P.group = P.Hq / P.Hk;
-  P.q_sb = q.stride(0), P.q_sh = q.stride(1), P.q_sl = q.stride(2);
-  P.k_sb = k.stride(0), P.k_sh = k.stride(1), P.k_ss = k.stride(2);
-  P.v_sb = v.stride(0), P.v_sh = v.stride(1), P.v_ss = v.stride(2);
-  if (mask) {
-    const at::Tensor& m = *mask;
-    if (m.scalar_type() == at::kBool) {
-      P.mask_kind = MaskKind::kBool;
-      P.mask_bool = reinterpret_cast<const uint8_t*>(m.const_data_ptr<bool>());
-    } else {
-      P.mask_kind = MaskKind::kAdditive;
-      P.mask_add = m.const_data_ptr<scalar_t>();
-    }
-    P.m_sb = m.stride(0), P.m_sh = m.stride(1), P.m_sl = m.stride(2), P.m_ss = m.stride(3);
-  }
-  P.scale = static_cast<acc_t>(scale);
-  P.causal = is_causal;
-  P.dropout_p = static_cast<float>(dropout_p);
-  P.keep_scale = dropout_p > 0 ? static_cast<acc_t>(1.0 / (1.0 - dropout_p)) : acc_t(1);
-  P.seed = static_cast<uint64_t>(seed);
-  P.tune = attention_settings_snapshot();  // once per call: a concurrent change waits for the next
-  P.tile_gemm = kHaveTileGemm && P.tune.gemm != AttentionGemm::kBlas;
-  P.brgemm = P.tune.gemm == AttentionGemm::kAuto && brgemm_available();
-  return P;
-}
+Problem<scalar_t>::Problem(const attn::Params& p)
+    : attn::Params(p),
+      q(static_cast<const scalar_t*>(p.q)),
+      k(static_cast<const scalar_t*>(p.k)),
+      v(static_cast<const scalar_t*>(p.v)),
+      mask_bool(p.mask_kind == MaskKind::kBool ? static_cast<const uint8_t*>(p.mask) : nullptr),
+      mask_add(p.mask_kind == MaskKind::kAdditive ? static_cast<const scalar_t*>(p.mask) : nullptr),
+      scale(static_cast<acc_t>(p.scale)),
+      keep_scale(static_cast<acc_t>(p.keep_scale)),
+      tune(attention_settings_snapshot()),  // once per call: a concurrent change waits for the next
+      tile_gemm(kHaveTileGemm && tune.gemm != AttentionGemm::kBlas),
+      brgemm(tune.gemm == AttentionGemm::kAuto && brgemm_available()) {}
 
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+// Runs f with the C++ element type of p.dtype.
+template <typename F>
+void by_dtype(attn::Dtype dtype, F&& f) {
+  switch (dtype) {
+    case attn::Dtype::kFloat32: return f(float{});
+    case attn::Dtype::kFloat64: return f(double{});
+    case attn::Dtype::kBFloat16: return f(c10::BFloat16{});
+    case attn::Dtype::kFloat16: return f(c10::Half{});
+  }
+}
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_forward_cpu(
-    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal, double scale,
-    int64_t seed, bool return_weights) {
-  const at::Tensor q = blas_ready(query), k = blas_ready(key), v = blas_ready(value);
-  const int64_t B = q.size(0), Hq = q.size(1), L = q.size(2), S = k.size(2), Ev = v.size(3);
-  at::Tensor out = at::empty({B, Hq, L, Ev}, q.options());
-  at::Tensor lse = at::empty({B, Hq, L}, q.options().dtype(acc_dtype(q.scalar_type())));
-  std::optional<at::Tensor> weights;
-  if (return_weights) weights = at::empty({B, Hq, L, S}, q.options());
-  if (out.numel() == 0 && lse.numel() == 0) return {out, lse, weights};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attention_forward_cpu", [&] {
-    const auto P = make_problem<scalar_t>(q, k, v, attn_mask, dropout_p, is_causal, scale, seed);
-    if (!return_weights &&
-        try_forward_brgemm(P, out.mutable_data_ptr<scalar_t>(),
-                           lse.mutable_data_ptr<acc_type<scalar_t>>()))
-      return;
-    forward_kernel<scalar_t>(P, out.mutable_data_ptr<scalar_t>(),
-                             lse.mutable_data_ptr<acc_type<scalar_t>>(),
-                             weights ? weights->mutable_data_ptr<scalar_t>() : nullptr);
+void attention_forward_cpu(const attn::Params& params, const attn::ForwardOutputs& o) {
+  by_dtype(params.dtype, [&](auto zero) {
+    using scalar_t = decltype(zero);
+    using acc_t = acc_type<scalar_t>;
+    const Problem<scalar_t> P(params);
+    scalar_t* out = static_cast<scalar_t*>(o.out);
+    acc_t* lse = static_cast<acc_t*>(o.lse);
+    if (o.weights == nullptr && try_forward_brgemm(P, out, lse)) return;
+    forward_kernel<scalar_t>(P, out, lse, static_cast<scalar_t*>(o.weights));
   });
-  return {out, lse, weights};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_backward_cpu(
-    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_weights,
-    const std::optional<at::Tensor>& weights, const at::Tensor& query, const at::Tensor& key,
-    const at::Tensor& value, const at::Tensor& out, const at::Tensor& lse,
-    const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal, double scale,
-    int64_t seed, bool mask_grad) {
-  const at::Tensor q = blas_ready(query), k = blas_ready(key), v = blas_ready(value);
-  const at::Tensor go = grad_out.contiguous(), o = out.contiguous(), l = lse.contiguous();
-  const int64_t B = q.size(0), Hq = q.size(1), L = q.size(2), S = k.size(2);
-  at::Tensor dq = at::empty(q.sizes(), q.options());
-  at::Tensor dk = at::empty(k.sizes(), k.options());
-  at::Tensor dv = at::empty(v.sizes(), v.options());
-  std::optional<at::Tensor> dmask;
-  if (mask_grad) dmask = at::zeros({B, Hq, L, S}, q.options().dtype(acc_dtype(q.scalar_type())));
-  std::optional<at::Tensor> w, gw;
-  if (grad_weights) {
-    w = weights->contiguous();
-    gw = grad_weights->contiguous();
-  }
-  if (dq.numel() + dk.numel() + dv.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attention_backward_cpu", [&] {
-      using acc_t = acc_type<scalar_t>;
-      const auto P = make_problem<scalar_t>(q, k, v, attn_mask, dropout_p, is_causal, scale, seed);
-      BackwardIO<scalar_t> io;
-      io.grad_out = go.const_data_ptr<scalar_t>();
-      io.out = o.const_data_ptr<scalar_t>();
-      io.lse = l.const_data_ptr<acc_t>();
-      io.weights = w ? w->const_data_ptr<scalar_t>() : nullptr;
-      io.grad_weights = gw ? gw->const_data_ptr<scalar_t>() : nullptr;
-      io.dq = dq.mutable_data_ptr<scalar_t>();
-      io.dk = dk.mutable_data_ptr<scalar_t>();
-      io.dv = dv.mutable_data_ptr<scalar_t>();
-      io.dmask = dmask ? dmask->mutable_data_ptr<acc_t>() : nullptr;
-      if (!try_backward_brgemm(P, io)) backward_kernel<scalar_t>(P, io);
-    });
-  }
-  if (dmask && dmask->scalar_type() != q.scalar_type()) dmask = dmask->to(q.scalar_type());
-  return {dq, dk, dv, dmask};
+void attention_backward_cpu(const attn::Params& params, const attn::BackwardBuffers& b) {
+  by_dtype(params.dtype, [&](auto zero) {
+    using scalar_t = decltype(zero);
+    const Problem<scalar_t> P(params);
+    const BackwardIO<scalar_t> io(b);
+    if (!try_backward_brgemm(P, io)) backward_kernel<scalar_t>(P, io);
+  });
 }
 
 }  // namespace fastseq
