@@ -304,13 +304,15 @@ def test_dropout_reproducible_and_backward_consistent():
 # ---- custom-op machinery ----
 
 def test_opcheck():
-    q, k, v = leaves((2, 3, 5, 8), (2, 3, 7, 8), (2, 3, 7, 4), dtype=torch.float32)
-    mask = torch.randn(2, 3, 5, 7, requires_grad=True)
+    # The ops are the traceable kernels; their autograd is fastseq.ops.attention._Attention
+    # (one formula, eager and compiled: test_torch_compile_fullgraph), so no input needs grad.
+    q, k, v = (t.detach() for t in leaves((2, 3, 5, 8), (2, 3, 7, 8), (2, 3, 7, 4),
+                                          dtype=torch.float32))
+    mask = torch.randn(2, 3, 5, 7)
     for args in [(q, k, v, None, 0.0, False, 0.35), (q, k, v, mask, 0.0, False, 0.35),
                  (q, k, v, mask > 0, 0.0, True, 0.35)]:
         torch.library.opcheck(ops.attention_forward, args)
         torch.library.opcheck(ops.attention_forward_with_weights, args)
-    q, k, v, mask = (t.detach() for t in (q, k, v, mask))  # the backward has no double backward
     out, lse, seed, w = ops.attention_forward_with_weights(q, k, v, mask, 0.0, False, 0.35)
     go = torch.randn_like(out)
     torch.library.opcheck(ops.attention_backward,
@@ -631,3 +633,89 @@ def test_reduced_tiled_forward_within_twice_torchs_error(dtype, L, S, E, Ev, cau
     ref = torch_sdpa(*(t.double() for t in low), attn_mask=md, is_causal=causal)
     err = (out.double() - ref).abs().max().item()
     assert err <= 2 * (theirs.double() - ref).abs().max().item() + 1e-3
+
+
+# ---- the plain-torch attention (fastseq.ops.reference_attention.math_attention): the torch
+# path of fastseq.nn.functional (ONNX, TorchScript, torch.func) and the double backward ----
+
+from fastseq.ops.reference_attention import math_attention  # noqa: E402
+
+
+@pytest.mark.parametrize("q_shape,kv_shape,kwargs", [
+    ((2, 3, 5, 8), (2, 3, 7, 8), dict()),
+    ((5, 8), (7, 8), dict(is_causal=True)),                          # no batch, no heads
+    ((2, 2, 6, 5, 8), (2, 2, 2, 7, 8), dict(enable_gqa=True)),        # two batch dims, GQA
+    ((2, 4, 5, 8), (2, 1, 7, 8), dict(attn_mask="float", scale=0.3)),  # one key head broadcast
+    ((3, 5, 8), (3, 7, 8), dict(attn_mask="bool")),
+])
+def test_math_attention_matches_torch(q_shape, kv_shape, kwargs):
+    torch.manual_seed(0)
+    q, k, v = leaves(q_shape, kv_shape, kv_shape[:-1] + (6,))
+    kw = dict(kwargs)
+    if kw.get("attn_mask") == "bool":
+        kw["attn_mask"] = torch.rand(q_shape[-2], kv_shape[-2]) > 0.3
+        kw["attn_mask"][:, 0] = True
+    elif kw.get("attn_mask") == "float":
+        kw["attn_mask"] = torch.randn(q_shape[-2], kv_shape[-2], dtype=torch.float64, requires_grad=True)
+    inputs = [q, k, v] + ([kw["attn_mask"]] if isinstance(kw.get("attn_mask"), torch.Tensor)
+                          and kw["attn_mask"].requires_grad else [])
+    out, weights = math_attention(q, k, v, **kw)
+    ref = torch_sdpa(q, k, v, **kw)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    fused_out, fused_w = FF.scaled_dot_product_attention_with_weights(q, k, v, **kw)
+    torch.testing.assert_close(weights, fused_w, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["bool", "causal", "additive"])
+def test_math_attention_fully_masked_rows_are_zero_through_second_derivatives(kind):
+    # Row 0 sees no key at all: zero output, weights and gradients (as the fused kernels give),
+    # and no NaN in a second derivative either (the double backward differentiates this).
+    torch.manual_seed(0)
+    q, k, v = leaves((1, 2, 4, 8), (1, 2, 6, 8), (1, 2, 6, 8))
+    if kind == "bool":
+        kw = dict(attn_mask=torch.ones(4, 6, dtype=torch.bool))
+        kw["attn_mask"][0] = False
+        mask_leaf = []
+    elif kind == "causal":  # causal with a bool mask hiding key 0, the only key row 0 may see
+        kw = dict(is_causal=True, attn_mask=torch.ones(4, 6, dtype=torch.bool))
+        kw["attn_mask"][:, 0] = False
+        mask_leaf = []
+    else:
+        m = torch.zeros(4, 6, dtype=torch.float64)
+        m[0] = float("-inf")
+        kw = dict(attn_mask=m.requires_grad_())
+        mask_leaf = [kw["attn_mask"]]
+    out, weights = math_attention(q, k, v, **kw)
+    assert (out[..., 0, :] == 0).all() and (weights[..., 0, :] == 0).all()
+    fused_out, fused_w = FF.scaled_dot_product_attention_with_weights(q, k, v, **kw)
+    torch.testing.assert_close(out, fused_out, atol=1e-12, rtol=0)
+    torch.testing.assert_close(weights, fused_w, atol=1e-12, rtol=0)
+    grads = torch.autograd.grad(out.pow(2).sum() + weights.sum(), [q, k, v] + mask_leaf,
+                                create_graph=True)
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert (grads[0][..., 0, :] == 0).all()  # d/dq of the dead row
+    second = torch.autograd.grad(sum(g.pow(2).sum() for g in grads), [q, k, v])
+    assert all(torch.isfinite(g).all() for g in second)
+    # The fused op's double backward is this function: the same second derivative.
+    f_out, f_w = FF.scaled_dot_product_attention_with_weights(q, k, v, **kw)
+    f_grads = torch.autograd.grad(f_out.pow(2).sum() + f_w.sum(), [q, k, v] + mask_leaf,
+                                  create_graph=True)
+    f_second = torch.autograd.grad(sum(g.pow(2).sum() for g in f_grads), [q, k, v])
+    for a, b in zip(f_second, second):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+def test_math_attention_scripts_and_keeps_nan():
+    scripted = torch.jit.script(math_attention)
+    q, k, v = (torch.randn(2, 3, 5, 8) for _ in range(3))
+    mask = torch.rand(5, 5) > 0.4
+    mask[1] = False
+    for kw in (dict(), dict(attn_mask=mask, is_causal=True), dict(attn_mask=torch.randn(5, 5), scale=0.5)):
+        for a, b in zip(scripted(q, k, v, **kw), math_attention(q, k, v, **kw)):
+            torch.testing.assert_close(a, b)
+    q[0, 0, 2, 0] = float("nan")
+    out, _ = math_attention(q, k, v, attn_mask=mask)
+    assert torch.isnan(out[0, 0, 2]).all() and not torch.isnan(out[1]).any()
