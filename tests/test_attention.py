@@ -495,6 +495,28 @@ def test_backward_split_over_key_tiles(Hq, Hk):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_float32_backward_split_units_share_a_thread(causal):
+    # 3 (batch, key head) units on 8 threads: each unit's key tiles split in 3, 9 tasks in
+    # chunks of 2, so a thread runs two splits of one unit back to back (the brgemm backward
+    # reuses that unit's Q^T, dO^T and D) or the last split of one and the first of the next.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(8)
+    try:
+        q, k, v = leaves((1, 6, 45, 16), (1, 3, 700, 16), (1, 3, 700, 8))
+        ref = torch_sdpa(q, k, v, enable_gqa=True, is_causal=causal)
+        g = torch.randn_like(ref)
+        want = torch.autograd.grad(ref, (q, k, v), g)
+        q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+        out = FF.scaled_dot_product_attention(q32, k32, v32, enable_gqa=True, is_causal=causal)
+        got = torch.autograd.grad(out, (q32, k32, v32), g.float())
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=0)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("L,S,E,Ev,causal,mask", [
     (67, 131, 64, 64, False, None), (300, 700, 40, 24, True, None),
     (1030, 600, 64, 64, False, "bool"), (100, 513, 80, 80, True, "add"),
