@@ -14,6 +14,7 @@
 
 // ---- attention declarations ----
 #include "attention/attention.h"
+#include "attention/attention_settings.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastseq fused kernels (see fastseq.ops for the autograd-aware wrappers)";
@@ -103,4 +104,27 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("key"), py::arg("value"), py::arg("out"), py::arg("lse"), py::arg("attn_mask"),
         py::arg("dropout_p"), py::arg("is_causal"), py::arg("scale"), py::arg("seed"),
         py::arg("mask_grad"));
+  m.def("attention_settings", &fastseq::attention_settings,
+        "The CPU attention settings in force: {'gemm': 'auto'|'tile'|'blas', tile sizes...}");
+  m.def(
+      "set_attention_settings",
+      [](py::kwargs kwargs) {
+        // Python values -> the C++ variant; names and ranges are checked in C++, types here
+        // (bool is an int to Python, and no tile size is a bool).
+        std::map<std::string, fastseq::AttentionSettingValue> updates;
+        for (const auto& item : kwargs) {
+          const std::string name = py::str(item.first);
+          const py::handle value = item.second;
+          if (py::isinstance<py::str>(value))
+            updates[name] = value.cast<std::string>();
+          else if (py::isinstance<py::int_>(value) && !py::isinstance<py::bool_>(value))
+            updates[name] = value.cast<int64_t>();
+          else
+            throw py::type_error("set_attention_settings: " + name + " must be an int or a str, got " +
+                                 std::string(py::str(py::type::of(value).attr("__name__"))));
+        }
+        fastseq::set_attention_settings(updates);
+      },
+      "Changes CPU attention settings by name (see attention_settings()); all checked before any "
+      "applies");
 }

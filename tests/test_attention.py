@@ -304,13 +304,15 @@ def test_dropout_reproducible_and_backward_consistent():
 # ---- custom-op machinery ----
 
 def test_opcheck():
-    q, k, v = leaves((2, 3, 5, 8), (2, 3, 7, 8), (2, 3, 7, 4), dtype=torch.float32)
-    mask = torch.randn(2, 3, 5, 7, requires_grad=True)
+    # The ops are the traceable kernels; their autograd is fastseq.ops.attention._Attention
+    # (one formula, eager and compiled: test_torch_compile_fullgraph), so no input needs grad.
+    q, k, v = (t.detach() for t in leaves((2, 3, 5, 8), (2, 3, 7, 8), (2, 3, 7, 4),
+                                          dtype=torch.float32))
+    mask = torch.randn(2, 3, 5, 7)
     for args in [(q, k, v, None, 0.0, False, 0.35), (q, k, v, mask, 0.0, False, 0.35),
                  (q, k, v, mask > 0, 0.0, True, 0.35)]:
         torch.library.opcheck(ops.attention_forward, args)
         torch.library.opcheck(ops.attention_forward_with_weights, args)
-    q, k, v, mask = (t.detach() for t in (q, k, v, mask))  # the backward has no double backward
     out, lse, seed, w = ops.attention_forward_with_weights(q, k, v, mask, 0.0, False, 0.35)
     go = torch.randn_like(out)
     torch.library.opcheck(ops.attention_backward,
@@ -383,36 +385,73 @@ def test_cuda_matches_torch(dtype, causal):
         assert err <= 2 * torch_err + 1e-5
 
 
-def test_blas_tile_path_matches_torch():
-    # The BLAS tile products (used without AVX-512) in a fresh process, forced by env.
-    import os
-    import subprocess
-    import sys
-    code = """
-import torch, torch.nn.functional as F
-import fastseq.nn.functional as FF
-from torch.nn.attention import SDPBackend, sdpa_kernel
-torch.manual_seed(0)
-for (L, S, E, Ev, causal, gqa) in [(37, 300, 64, 40, False, False), (70, 45, 16, 16, True, True)]:
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build of fastseq")
+def test_cuda_float64_is_a_clear_error():
+    # The CPU runs float64; the CUDA kernels have none: a sentence, not a failed launch.
+    q = torch.randn(1, 2, 4, 8, dtype=torch.float64, device="cuda")
+    with pytest.raises(RuntimeError, match=r"query is float64 on cuda:\d+; the CUDA kernels support "
+                                           r"float32, bfloat16 and float16 \(float64 runs on the CPU\)"):
+        FF.scaled_dot_product_attention(q, q, q)
+
+
+def _gemm_paths():
+    paths = ["auto", "blas"]
+    try:  # tile_gemm.h exists in AVX-512 builds only; the setter says so otherwise
+        with fastseq.ops.attention_settings(gemm="tile"):
+            paths.append("tile")
+    except ValueError as e:
+        assert "AVX-512" in str(e)
+    return paths
+
+
+# Each GEMM path (auto: brgemm for float32 where oneDNN serves, tile_gemm.h for float64; blas:
+# sgemm_/dgemm_; tile: tile_gemm.h for float32 too), with the default tiles and with tiles small
+# enough that every kernel walks several query and key tiles (and a ragged last one).
+@pytest.mark.parametrize("gemm", _gemm_paths())
+@pytest.mark.parametrize("tiles", ["default", "small"])
+@pytest.mark.parametrize("L,S,E,Ev,causal,gqa", [(37, 300, 64, 40, False, False),
+                                                 (70, 45, 16, 16, True, True)])
+def test_gemm_paths_and_tiles_match_torch(gemm, tiles, L, S, E, Ev, causal, gqa):
+    small = dict(block_q=16, block_k=32, block_q_bwd=8, block_k_bwd=24, br_block_q=16,
+                 br_block_k=48, br_block_q_bwd=16, br_block_k_bwd=32)
+    changes = dict(gemm=gemm, **(small if tiles == "small" else {}))
+    torch.manual_seed(0)
     q = torch.randn(2, 4, L, E, dtype=torch.float64, requires_grad=True)
     k = torch.randn(2, 2 if gqa else 4, S, E, dtype=torch.float64, requires_grad=True)
     v = torch.randn(2, 2 if gqa else 4, S, Ev, dtype=torch.float64, requires_grad=True)
     mask = None if causal else torch.rand(L, S) > 0.2
     if mask is not None:
         mask[:, 0] = True
-    out = FF.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
-    with sdpa_kernel(SDPBackend.MATH):
-        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
+    kw = dict(attn_mask=mask, is_causal=causal, enable_gqa=gqa)
+    ref = torch_sdpa(q, k, v, **kw)
     g = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), g)
+    with fastseq.ops.attention_settings(**changes) as now:
+        assert {key: now[key] for key in changes} == changes
+        out = FF.scaled_dot_product_attention(q, k, v, **kw)
+        grads = torch.autograd.grad(out, (q, k, v), g)
+        q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+        o32 = FF.scaled_dot_product_attention(q32, k32, v32, **kw)
+        grads32 = torch.autograd.grad(o32, (q32, k32, v32), g.float())
+        ow32, w32 = FF.scaled_dot_product_attention_with_weights(q32, k32, v32, **kw)
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)
-    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+    for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
-    o32, w32 = FF.scaled_dot_product_attention_with_weights(q.float(), k.float(), v.float(),
-        attn_mask=mask, is_causal=causal, enable_gqa=gqa)
     torch.testing.assert_close(o32.double(), ref, atol=1e-5, rtol=0)
-"""
-    env = dict(os.environ, FASTSEQ_ATTN_GEMM="blas")
-    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    torch.testing.assert_close(ow32.double(), ref, atol=1e-5, rtol=0)
+    for a, b in zip(grads32, ref_grads):
+        torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=0)
+
+
+def test_attention_settings_restored_after_block():
+    before = fastseq._C.attention_settings()
+    with pytest.raises(KeyError):
+        with fastseq.ops.attention_settings(gemm="blas", block_k=17) as inside:
+            assert inside["gemm"] == "blas" and inside["block_k"] == 17
+            assert fastseq._C.attention_settings() == inside
+            raise KeyError("leaves the block")
+    assert fastseq._C.attention_settings() == before
 
 
 def test_with_weights_gqa_float_mask_grad():
@@ -454,6 +493,28 @@ def test_backward_split_over_key_tiles(Hq, Hk):
         check_against_torch(q, k, v, enable_gqa=True, attn_mask=mask)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_float32_backward_split_units_share_a_thread(causal):
+    # 3 (batch, key head) units on 8 threads: each unit's key tiles split in 3, 9 tasks in
+    # chunks of 2, so a thread runs two splits of one unit back to back (the brgemm backward
+    # reuses that unit's Q^T, dO^T and D) or the last split of one and the first of the next.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(8)
+    try:
+        q, k, v = leaves((1, 6, 45, 16), (1, 3, 700, 16), (1, 3, 700, 8))
+        ref = torch_sdpa(q, k, v, enable_gqa=True, is_causal=causal)
+        g = torch.randn_like(ref)
+        want = torch.autograd.grad(ref, (q, k, v), g)
+        q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+        out = FF.scaled_dot_product_attention(q32, k32, v32, enable_gqa=True, is_causal=causal)
+        got = torch.autograd.grad(out, (q32, k32, v32), g.float())
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=0)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("L,S,E,Ev,causal,mask", [
@@ -594,3 +655,89 @@ def test_reduced_tiled_forward_within_twice_torchs_error(dtype, L, S, E, Ev, cau
     ref = torch_sdpa(*(t.double() for t in low), attn_mask=md, is_causal=causal)
     err = (out.double() - ref).abs().max().item()
     assert err <= 2 * (theirs.double() - ref).abs().max().item() + 1e-3
+
+
+# ---- the plain-torch attention (fastseq.ops.reference_attention.math_attention): the torch
+# path of fastseq.nn.functional (ONNX, TorchScript, torch.func) and the double backward ----
+
+from fastseq.ops.reference_attention import math_attention  # noqa: E402
+
+
+@pytest.mark.parametrize("q_shape,kv_shape,kwargs", [
+    ((2, 3, 5, 8), (2, 3, 7, 8), dict()),
+    ((5, 8), (7, 8), dict(is_causal=True)),                          # no batch, no heads
+    ((2, 2, 6, 5, 8), (2, 2, 2, 7, 8), dict(enable_gqa=True)),        # two batch dims, GQA
+    ((2, 4, 5, 8), (2, 1, 7, 8), dict(attn_mask="float", scale=0.3)),  # one key head broadcast
+    ((3, 5, 8), (3, 7, 8), dict(attn_mask="bool")),
+])
+def test_math_attention_matches_torch(q_shape, kv_shape, kwargs):
+    torch.manual_seed(0)
+    q, k, v = leaves(q_shape, kv_shape, kv_shape[:-1] + (6,))
+    kw = dict(kwargs)
+    if kw.get("attn_mask") == "bool":
+        kw["attn_mask"] = torch.rand(q_shape[-2], kv_shape[-2]) > 0.3
+        kw["attn_mask"][:, 0] = True
+    elif kw.get("attn_mask") == "float":
+        kw["attn_mask"] = torch.randn(q_shape[-2], kv_shape[-2], dtype=torch.float64, requires_grad=True)
+    inputs = [q, k, v] + ([kw["attn_mask"]] if isinstance(kw.get("attn_mask"), torch.Tensor)
+                          and kw["attn_mask"].requires_grad else [])
+    out, weights = math_attention(q, k, v, **kw)
+    ref = torch_sdpa(q, k, v, **kw)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    fused_out, fused_w = FF.scaled_dot_product_attention_with_weights(q, k, v, **kw)
+    torch.testing.assert_close(weights, fused_w, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["bool", "causal", "additive"])
+def test_math_attention_fully_masked_rows_are_zero_through_second_derivatives(kind):
+    # Row 0 sees no key at all: zero output, weights and gradients (as the fused kernels give),
+    # and no NaN in a second derivative either (the double backward differentiates this).
+    torch.manual_seed(0)
+    q, k, v = leaves((1, 2, 4, 8), (1, 2, 6, 8), (1, 2, 6, 8))
+    if kind == "bool":
+        kw = dict(attn_mask=torch.ones(4, 6, dtype=torch.bool))
+        kw["attn_mask"][0] = False
+        mask_leaf = []
+    elif kind == "causal":  # causal with a bool mask hiding key 0, the only key row 0 may see
+        kw = dict(is_causal=True, attn_mask=torch.ones(4, 6, dtype=torch.bool))
+        kw["attn_mask"][:, 0] = False
+        mask_leaf = []
+    else:
+        m = torch.zeros(4, 6, dtype=torch.float64)
+        m[0] = float("-inf")
+        kw = dict(attn_mask=m.requires_grad_())
+        mask_leaf = [kw["attn_mask"]]
+    out, weights = math_attention(q, k, v, **kw)
+    assert (out[..., 0, :] == 0).all() and (weights[..., 0, :] == 0).all()
+    fused_out, fused_w = FF.scaled_dot_product_attention_with_weights(q, k, v, **kw)
+    torch.testing.assert_close(out, fused_out, atol=1e-12, rtol=0)
+    torch.testing.assert_close(weights, fused_w, atol=1e-12, rtol=0)
+    grads = torch.autograd.grad(out.pow(2).sum() + weights.sum(), [q, k, v] + mask_leaf,
+                                create_graph=True)
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert (grads[0][..., 0, :] == 0).all()  # d/dq of the dead row
+    second = torch.autograd.grad(sum(g.pow(2).sum() for g in grads), [q, k, v])
+    assert all(torch.isfinite(g).all() for g in second)
+    # The fused op's double backward is this function: the same second derivative.
+    f_out, f_w = FF.scaled_dot_product_attention_with_weights(q, k, v, **kw)
+    f_grads = torch.autograd.grad(f_out.pow(2).sum() + f_w.sum(), [q, k, v] + mask_leaf,
+                                  create_graph=True)
+    f_second = torch.autograd.grad(sum(g.pow(2).sum() for g in f_grads), [q, k, v])
+    for a, b in zip(f_second, second):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+def test_math_attention_scripts_and_keeps_nan():
+    scripted = torch.jit.script(math_attention)
+    q, k, v = (torch.randn(2, 3, 5, 8) for _ in range(3))
+    mask = torch.rand(5, 5) > 0.4
+    mask[1] = False
+    for kw in (dict(), dict(attn_mask=mask, is_causal=True), dict(attn_mask=torch.randn(5, 5), scale=0.5)):
+        for a, b in zip(scripted(q, k, v, **kw), math_attention(q, k, v, **kw)):
+            torch.testing.assert_close(a, b)
+    q[0, 0, 2, 0] = float("nan")
+    out, _ = math_attention(q, k, v, attn_mask=mask)
+    assert torch.isnan(out[0, 0, 2]).all() and not torch.isnan(out[1]).any()

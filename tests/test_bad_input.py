@@ -445,3 +445,27 @@ def test_models_checkpoint_of_another_model(tmp_path, capsys):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     err = _model_cli_error(["sample", "--checkpoint", str(tmp_path / "junk.pt")], capsys)
     assert "is not a fastseq model checkpoint" in err
+
+
+# ---- attention settings (fastseq._C.set_attention_settings, fastseq.ops.attention_settings) ----
+
+@pytest.mark.parametrize("changes,exc,match", [
+    (dict(gemm="fast"), ValueError, r"gemm must be 'auto', 'tile' or 'blas', got 'fast'"),
+    (dict(gemm=1), TypeError, r"gemm must be a str .*got the integer 1"),
+    (dict(blok_q=8), ValueError, r"unknown setting 'blok_q'; expected one of gemm, block_q"),
+    (dict(block_q=0), ValueError, r"block_q must be an int in \[1, 4096\], got 0"),
+    (dict(block_k_bwd=5000), ValueError, r"block_k_bwd must be an int in \[1, 4096\], got 5000"),
+    (dict(br_block_q=-1), ValueError, r"br_block_q must be an int in \[0, 4096\] \(0: chosen by L\), got -1"),
+    (dict(block_q="8"), TypeError, r"block_q must be an int, got the str '8'"),
+    (dict(block_q=8.0), TypeError, r"block_q must be an int or a str, got float"),
+    (dict(block_q=True), TypeError, r"block_q must be an int or a str, got bool"),
+])
+def test_attention_settings_bad_input(changes, exc, match):
+    before = fastseq._C.attention_settings()
+    with pytest.raises(exc, match=match):
+        fastseq._C.set_attention_settings(**changes)
+    # A rejected update changes nothing, also when a valid setting came with it.
+    with pytest.raises(exc, match=match):
+        with fastseq.ops.attention_settings(block_k=32, **changes):
+            pass
+    assert fastseq._C.attention_settings() == before

@@ -106,6 +106,38 @@ def test_every_case_has_flops_and_dims():
             assert case.flops and case.flops > 0 and case.dims, (suite, case.op, case.label)
 
 
+def test_full_suite_covers_each_attention_feature():
+    cases = collect_cases("full", torch.device("cpu"), ["attention", "mha", "gpt_step"])
+    att = [c for c in cases if c.op == "attention"]
+    has = lambda pred: any(pred(c.dims, c.label) for c in att)
+    assert has(lambda d, _: d.get("Hk", d["H"]) < d["H"] and d["L"] > 1)        # GQA
+    assert has(lambda d, _: d["D"] == 80) and has(lambda d, _: d["D"] == 96)
+    assert has(lambda d, _: d["L"] & (d["L"] - 1) != 0 and d["L"] > 1)           # not a power of two
+    assert has(lambda d, _: d.get("S", d["L"]) != d["L"] and d["L"] > 1)       # cross attention
+    assert has(lambda d, label: "kpm (B,1,1,S)" in label) and has(lambda d, label: "float mask" in label)
+    for S in (512, 2048, 8192):
+        for gqa in (False, True):  # decoding, with and without GQA
+            assert has(lambda d, _: d["L"] == 1 and d.get("S") == S and (d.get("Hk", d["H"]) < d["H"]) == gqa)
+    assert any(c.op == "mha" and "cross" in c.label for c in cases)
+    steps = [c for c in cases if c.op == "gpt_step"]
+    assert {c.dims["compiled"] for c in steps} == {0, 1}
+    for c in steps:  # what is compared, and what runs torch's own module on both sides
+        assert "GPT" in c.reference and "torch's on both sides" in c.note
+        assert ("compile" in c.reference) == bool(c.dims["compiled"])
+
+
+def test_new_attention_cases_run_and_agree():
+    # One repeat of the cheapest feature cases: they build, run on both sides and agree.
+    cases = [c for c in collect_cases("full", torch.device("cpu"), ["attention"])
+             if c.label in ("B=8 H=8/2 L=1 S=2048 D=64 decode +kpm (B,1,1,S)",
+                            "B=4 H=8 L=S=200 D=64 full +bool mask")]
+    assert len(cases) == 3
+    settings = RunSettings(repeats=1, min_sample_s=1e-4, max_rounds=1)
+    for case in cases:
+        result = run_case(case, torch.device("cpu"), settings)
+        assert result.max_abs_err < 1e-4, (case.label, result.max_abs_err)
+
+
 # ---- a tiny real run: JSON, Markdown, plot, compare ----
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,10 @@
-// Input checks and device dispatch of fused attention: every contract of attention.h is
-// checked here, once, before a CPU or CUDA implementation sees the tensors.
+// Input checks, the one attn::Params of a call and device dispatch of fused attention: every
+// contract of attention.h is checked here, once, the outputs allocated and the problem
+// described (make_params) before a CPU or CUDA implementation sees it.
 #include "attention/attention.h"
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include "common/checks.h"
 
@@ -22,6 +26,9 @@ void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
                   dtype == at::kHalf,
               kOp, ": query must be float32, float64, bfloat16 or float16, got ",
               dtype);
+  TORCH_CHECK(!(q.is_cuda() && dtype == at::kDouble), kOp,
+              ": query is float64 on ", q.device(), "; the CUDA kernels support float32, bfloat16 "
+              "and float16 (float64 runs on the CPU)");
   check_same_dtype(k, q, kOp, "key", "query");
   check_same_dtype(v, q, kOp, "value", "query");
   check_same_device(k, q, kOp, "key", "query");
@@ -51,6 +58,62 @@ void check_scalars(double dropout_p, double scale) {
   TORCH_CHECK(std::isfinite(scale), kOp, ": scale must be finite, got ", scale);
 }
 
+// Both backends read rows with unit stride along the last dim and a row stride covering a
+// row (the BLAS needs the latter); anything else is copied, once, here.
+at::Tensor kernel_ready(const at::Tensor& t) {
+  const bool ok = t.stride(3) == 1 && (t.size(2) <= 1 || t.stride(2) >= t.size(3));
+  return ok ? t : t.contiguous();
+}
+
+at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+attn::Dtype params_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kDouble: return attn::Dtype::kFloat64;
+    case at::kHalf: return attn::Dtype::kFloat16;
+    case at::kBFloat16: return attn::Dtype::kBFloat16;
+    default: return attn::Dtype::kFloat32;  // check_qkv let only these four through
+  }
+}
+
+// The one place a call's tensors become the kernels' description (attention_params.h).
+attn::Params make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                         const std::optional<at::Tensor>& mask, double dropout_p, bool is_causal,
+                         double scale, int64_t seed) {
+  attn::Params p{};
+  p.dtype = params_dtype(q.scalar_type());
+  p.q = q.const_data_ptr();
+  p.k = k.const_data_ptr();
+  p.v = v.const_data_ptr();
+  p.B = q.size(0);
+  p.Hq = q.size(1);
+  p.Hk = k.size(1);
+  p.L = q.size(2);
+  p.S = k.size(2);
+  p.E = q.size(3);
+  p.Ev = v.size(3);
+  p.group = p.Hk > 0 ? p.Hq / p.Hk : 1;
+  p.q_sb = q.stride(0), p.q_sh = q.stride(1), p.q_sl = q.stride(2);
+  p.k_sb = k.stride(0), p.k_sh = k.stride(1), p.k_ss = k.stride(2);
+  p.v_sb = v.stride(0), p.v_sh = v.stride(1), p.v_ss = v.stride(2);
+  p.mask_kind = attn::MaskKind::kNone;
+  p.mask = nullptr;
+  if (mask) {
+    p.mask_kind = mask->scalar_type() == at::kBool ? attn::MaskKind::kBool : attn::MaskKind::kAdditive;
+    p.mask = mask->const_data_ptr();
+    p.m_sb = mask->stride(0), p.m_sh = mask->stride(1), p.m_sl = mask->stride(2),
+    p.m_ss = mask->stride(3);
+  }
+  p.scale = scale;
+  p.causal = is_causal;
+  p.dropout_p = static_cast<float>(dropout_p);
+  p.keep_scale = dropout_p > 0 ? 1.0 / (1.0 - dropout_p) : 1.0;
+  p.seed = static_cast<uint64_t>(seed);
+  return p;
+}
+
+void* data_or_null(const std::optional<at::Tensor>& t) { return t ? t->data_ptr() : nullptr; }
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_forward(
@@ -60,13 +123,23 @@ std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_forward(
   check_qkv(query, key, value);
   check_mask(attn_mask, query, key);
   check_scalars(dropout_p, scale);
+  const at::Tensor q = kernel_ready(query), k = kernel_ready(key), v = kernel_ready(value);
+  const int64_t B = q.size(0), Hq = q.size(1), L = q.size(2), S = k.size(2), Ev = v.size(3);
+  at::Tensor out = at::empty({B, Hq, L, Ev}, q.options());
+  at::Tensor lse = at::empty({B, Hq, L}, q.options().dtype(acc_dtype(q.scalar_type())));
+  std::optional<at::Tensor> weights;
+  if (return_weights) weights = at::empty({B, Hq, L, S}, q.options());
+  if (B * Hq * L == 0) return {out, lse, weights};  // no query row: nothing to compute
+  const attn::Params params = make_params(q, k, v, attn_mask, dropout_p, is_causal, scale, seed);
+  const attn::ForwardOutputs outputs{out.data_ptr(), lse.data_ptr(), data_or_null(weights)};
 #ifdef FASTSEQ_WITH_CUDA
-  if (query.is_cuda())
-    return attention_forward_cuda(query, key, value, attn_mask, dropout_p, is_causal, scale, seed,
-                                  return_weights);
+  if (q.is_cuda()) {
+    attention_forward_cuda(q.device(), params, outputs);
+    return {out, lse, weights};
+  }
 #endif
-  return attention_forward_cpu(query, key, value, attn_mask, dropout_p, is_causal, scale, seed,
-                               return_weights);
+  attention_forward_cpu(params, outputs);
+  return {out, lse, weights};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_backward(
@@ -85,7 +158,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attent
   check_same_dtype(grad_out, query, kOp, "grad_out", "query");
   check_same_device(grad_out, query, kOp, "grad_out", "query");
   check_shape(lse, kOp, "lse", {B, Hq, L});
-  TORCH_CHECK(lse.scalar_type() == (query.scalar_type() == at::kDouble ? at::kDouble : at::kFloat),
+  TORCH_CHECK(lse.scalar_type() == acc_dtype(query.scalar_type()),
               kOp, ": lse must be float32 (float64 for float64 inputs), got ", lse.scalar_type());
   if (grad_weights) {
     check_shape(*grad_weights, kOp, "grad_weights", {B, Hq, L, S});
@@ -97,13 +170,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attent
   }
   TORCH_CHECK(!mask_grad || (attn_mask && attn_mask->scalar_type() != at::kBool), kOp,
               ": mask_grad needs an additive (floating-point) attn_mask");
+  const at::Tensor q = kernel_ready(query), k = kernel_ready(key), v = kernel_ready(value);
+  const at::Tensor go = grad_out.contiguous(), o = out.contiguous(), l = lse.contiguous();
+  // Gradients come out contiguous in the shapes of q, k, v.
+  at::Tensor dq = at::empty(q.sizes(), q.options());
+  at::Tensor dk = at::empty(k.sizes(), k.options());
+  at::Tensor dv = at::empty(v.sizes(), v.options());
+  std::optional<at::Tensor> dmask, w, gw;
+  if (mask_grad) dmask = at::zeros({B, Hq, L, S}, q.options().dtype(acc_dtype(q.scalar_type())));
+  if (grad_weights) {
+    w = weights->contiguous();
+    gw = grad_weights->contiguous();
+  }
+  if (dq.numel() + dk.numel() + dv.numel() > 0) {
+    const attn::Params params = make_params(q, k, v, attn_mask, dropout_p, is_causal, scale, seed);
+    const attn::BackwardBuffers buffers{go.const_data_ptr(), o.const_data_ptr(), l.const_data_ptr(),
+                                        w ? w->const_data_ptr() : nullptr,
+                                        gw ? gw->const_data_ptr() : nullptr, dq.data_ptr(),
+                                        dk.data_ptr(), dv.data_ptr(), data_or_null(dmask)};
 #ifdef FASTSEQ_WITH_CUDA
-  if (query.is_cuda())
-    return attention_backward_cuda(grad_out, grad_weights, weights, query, key, value, out, lse, attn_mask,
-                                   dropout_p, is_causal, scale, seed, mask_grad);
+    if (q.is_cuda())
+      attention_backward_cuda(q.device(), params, buffers);
+    else
 #endif
-  return attention_backward_cpu(grad_out, grad_weights, weights, query, key, value, out, lse, attn_mask,
-                                dropout_p, is_causal, scale, seed, mask_grad);
+      attention_backward_cpu(params, buffers);
+  }
+  if (dmask && dmask->scalar_type() != q.scalar_type()) dmask = dmask->to(q.scalar_type());
+  return {dq, dk, dv, dmask};
 }
 
 }  // namespace fastseq

@@ -4,6 +4,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "attention/attention_params.h"
+
 #include <cstdint>
 #include <optional>
 #include <tuple>
@@ -33,27 +35,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attent
     const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& attn_mask,
     double dropout_p, bool is_causal, double scale, int64_t seed, bool mask_grad);
 
-// Device implementations; inputs already checked by the functions above.
-std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_forward_cpu(
-    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal, double scale,
-    int64_t seed, bool return_weights);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_backward_cpu(
-    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_weights,
-    const std::optional<at::Tensor>& weights, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& attn_mask,
-    double dropout_p, bool is_causal, double scale, int64_t seed, bool mask_grad);
+// Device implementations: the problem as attention_params.h's struct, built once by
+// attention.cpp from checked tensors, and the buffers it allocated there.
+void attention_forward_cpu(const attn::Params& params, const attn::ForwardOutputs& outputs);
+void attention_backward_cpu(const attn::Params& params, const attn::BackwardBuffers& buffers);
 
 #ifdef FASTSEQ_WITH_CUDA
-std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_forward_cuda(
-    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal, double scale,
-    int64_t seed, bool return_weights);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_backward_cuda(
-    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_weights,
-    const std::optional<at::Tensor>& weights, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const at::Tensor& out, const at::Tensor& lse, const std::optional<at::Tensor>& attn_mask,
-    double dropout_p, bool is_causal, double scale, int64_t seed, bool mask_grad);
+void attention_forward_cuda(c10::Device device, const attn::Params& params,
+                            const attn::ForwardOutputs& outputs);
+void attention_backward_cuda(c10::Device device, const attn::Params& params,
+                             const attn::BackwardBuffers& buffers);
 #endif
 
 }  // namespace fastseq

@@ -6,22 +6,21 @@
 // float32 flash-decoding forward.
 #include "attention/attention.h"
 
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/core/ScalarType.h>
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
 
 #include "attention/attention_math.h"
+#include "attention/attention_params.h"
+#include "attention/attention_settings.h"
 #include "attention/tile_gemm.h"
 
 extern "C" {
@@ -71,26 +70,24 @@ void gemm_rowmajor(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, 
 
 // With AVX-512 the tiles go through tile_gemm.h's register-blocked kernel: measured ~2.5x
 // the throughput of the BLAS torch links (MKL takes a 256-bit path on AMD) on 64 x 256 x 64
-// tiles, single thread, Zen 5. Elsewhere, or with FASTSEQ_ATTN_GEMM=blas (tests use it to
+// tiles, single thread, Zen 5. Elsewhere, or with the setting gemm="blas" (tests use it to
 // cover both paths), the BLAS serves.
 #if defined(__AVX512F__)
-const bool kTileGemm = [] {
-  const char* v = std::getenv("FASTSEQ_ATTN_GEMM");
-  return !(v && std::strcmp(v, "blas") == 0);
-}();
+constexpr bool kHaveTileGemm = true;
 #else
-constexpr bool kTileGemm = false;
+constexpr bool kHaveTileGemm = false;
 #endif
 
 // Row-major C[M,N] = alpha * op(A) op(B) + beta * C. A with trans_a is stored [K, M]. B with
 // trans_b is stored [N, K]; tile_gemm takes it packed as row-major [K, N] in b_packed, or, when
 // b_packed is null (few rows: packing would cost more than it saves), as dot products.
+// tile: tile_gemm.h (Problem::tile_gemm) rather than the BLAS.
 template <typename T>
-void tile_product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
+void tile_product(bool tile, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
                   const T* A, int64_t lda, const T* B, int64_t ldb, const T* b_packed, T beta,
                   T* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
-  if (kTileGemm) {
+  if (tile) {
     const int64_t a_row = trans_a ? 1 : lda, a_col = trans_a ? lda : 1;
     if (trans_b && b_packed == nullptr && !trans_a)
       tile_gemm::gemm_nt<T>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -110,53 +107,38 @@ constexpr int64_t kMinRowsToPack = 16;
 // Packs a key or value tile [n, d] (row stride ld) as [d, n] for tile_product's trans_b, when
 // rows_using_it query rows will multiply it.
 template <typename T>
-const T* pack_transposed(const T* src, int64_t n, int64_t d, int64_t ld, T* buf,
+const T* pack_transposed(bool tile, const T* src, int64_t n, int64_t d, int64_t ld, T* buf,
                          int64_t rows_using_it) {
-  if (kTileGemm && rows_using_it >= kMinRowsToPack) {
+  if (tile && rows_using_it >= kMinRowsToPack) {
     tile_gemm::transpose<T>(n, d, src, ld, buf, n);
     return buf;
   }
   return nullptr;
 }
 
-enum class MaskKind { kNone, kBool, kAdditive };
+using attn::MaskKind;
 
-// Everything a kernel needs, as raw pointers and strides (0 strides for broadcast dims).
+// The shared problem (attention_params.h) at one element type, with this call's settings:
+// typed pointers, and scale / keep_scale in the accumulation type. These deliberately hide
+// Params' untyped q, k, v and double scalars, so a kernel cannot pick those up by mistake;
+// every size and stride is Params' own.
 template <typename scalar_t>
-struct Problem {
+struct Problem : attn::Params {
   using acc_t = acc_type<scalar_t>;
   const scalar_t* q;
   const scalar_t* k;
   const scalar_t* v;
-  int64_t B, Hq, Hk, L, S, E, Ev, group;
-  int64_t q_sb, q_sh, q_sl, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss;
-  MaskKind mask_kind = MaskKind::kNone;
-  const uint8_t* mask_bool = nullptr;
-  const scalar_t* mask_add = nullptr;
-  int64_t m_sb = 0, m_sh = 0, m_sl = 0, m_ss = 0;
+  const uint8_t* mask_bool;  // MaskKind::kBool, else null
+  const scalar_t* mask_add;  // MaskKind::kAdditive, else null
   acc_t scale;
-  bool causal;
-  float dropout_p;
   acc_t keep_scale;
-  uint64_t seed;
+  // This call's settings (attention_settings.h), resolved against what the CPU has.
+  AttentionSettings tune;
+  bool tile_gemm;  // tile_gemm.h rather than the BLAS for the non-brgemm tiles
+  bool brgemm;     // oneDNN brgemm where a kernel has a brgemm form
 
-  uint32_t dropout_row(int64_t b, int64_t h, int64_t i) const {
-    return static_cast<uint32_t>((b * Hq + h) * L + i);
-  }
+  explicit Problem(const attn::Params& p);
 };
-
-// Tile sizes. Forward: a query tile of rows shares each key/value tile it loads; the key tile
-// bounds the per-thread score buffer (block_q x block_k floats, well within L2). Backward: the
-// same for its probability and dP tiles. FASTSEQ_ATTN_BLOCK_{Q,K}[_BWD] override them (tuning).
-int64_t tile_size(const char* env, int64_t fallback) {
-  const char* v = std::getenv(env);
-  const int64_t n = v ? std::atoll(v) : 0;
-  return n > 0 ? n : fallback;
-}
-const int64_t kBlockQ = tile_size("FASTSEQ_ATTN_BLOCK_Q", 64);
-const int64_t kBlockK = tile_size("FASTSEQ_ATTN_BLOCK_K", 256);
-const int64_t kBlockQB = tile_size("FASTSEQ_ATTN_BLOCK_Q_BWD", 64);
-const int64_t kBlockKB = tile_size("FASTSEQ_ATTN_BLOCK_K_BWD", 128);
 
 // A [rows, cols] slab with row stride ld as acc_t: the input itself when it already is acc_t,
 // else converted into buf (bfloat16 -> float), so that BLAS sees float.
@@ -276,15 +258,14 @@ class ThreadScratch {
 // ---------------------------------------------------------------------------------------------
 // oneDNN's brgemm micro-kernels (what torch's own CPU flash attention calls): row-major
 // C[M, N] (+)= A[M, K] B[K, N] with leading dimensions, no alpha. float32 tiles go through them
-// where oneDNN's ukernel API serves this CPU (x86-64 with AVX-512); FASTSEQ_ATTN_GEMM=blas or
-// =tile keeps the older paths (tests cover them).
+// where oneDNN's ukernel API serves this CPU (x86-64 with AVX-512); the settings gemm="blas"
+// or "tile" keep the older paths (tests cover them).
 
 namespace cpublas = at::native::cpublas;
 
-bool brgemm_usable() {
+// Whether oneDNN's brgemm runs on this CPU: probed once (it is the hardware's answer).
+bool brgemm_available() {
   static const bool ok = [] {
-    const char* v = std::getenv("FASTSEQ_ATTN_GEMM");
-    if (v && (std::strcmp(v, "blas") == 0 || std::strcmp(v, "tile") == 0)) return false;
     try {
       float a[16] = {1.f}, b[16 * 16] = {}, c[16 * 16];
       b[0] = 2.f;
@@ -304,10 +285,8 @@ inline int64_t padded_ld(int64_t n) { return (n + 15) / 16 * 16 + 16; }
 
 // Query rows per forward task: bigger tiles amortise each key/value tile over more rows; the
 // score tile (rows x key block floats) stays well inside a 2 MB L2.
-const int64_t kBrBlockQ = tile_size("FASTSEQ_ATTN_BR_BLOCK_Q", 0);  // 0: by L
-const int64_t kBrBlockK = tile_size("FASTSEQ_ATTN_BR_BLOCK_K", 512);
-inline int64_t br_block_q(int64_t L) {
-  if (kBrBlockQ > 0) return kBrBlockQ;
+inline int64_t br_block_q(const AttentionSettings& tune, int64_t L) {
+  if (tune.br_block_q > 0) return tune.br_block_q;
   return L >= 768 ? 256 : (L >= 192 ? 64 : 32);
 }
 
@@ -398,6 +377,36 @@ inline float scale_and_max(float* s, int64_t n, float scale) {
   return m;
 }
 
+// A window of one head's [n, d] matrix (row stride ld), transposed: the K^T / V^T operands
+// of both brgemm kernels, in a per-thread [d, ld_t] buffer of `capacity` columns. It is kept
+// while a thread's consecutive tasks stay on one (batch, key head) and extended as the rows
+// asked for advance, so no row is transposed twice: the forward (capacity S) grows it with
+// its query tiles' causal frontier, the backward (capacity one key tile, which stays in L2:
+// a buffer of S columns measured ~10% slower there) moves it tile by tile.
+class TransposedRows {
+ public:
+  TransposedRows(float* buf, int64_t ld_t, int64_t capacity)
+      : buf_(buf), ld_t_(ld_t), capacity_(capacity) {}
+  // Rows [from, to) (to - from <= capacity) of head `id` at src; returns the column of row
+  // `from` (row j at column + (j - from), columns ld_t apart).
+  const float* get(int64_t id, const float* src, int64_t ld, int64_t d, int64_t from, int64_t to) {
+    if (id != id_ || from < lo_ || from > hi_ || to - lo_ > capacity_) {  // start over at from
+      id_ = id;
+      lo_ = hi_ = from;
+    }
+    if (to > hi_) {
+      tile_gemm::transpose<float>(to - hi_, d, src + hi_ * ld, ld, buf_ + (hi_ - lo_), ld_t_);
+      hi_ = to;
+    }
+    return buf_ + (from - lo_);
+  }
+
+ private:
+  float* buf_;
+  int64_t ld_t_, capacity_;
+  int64_t id_ = -1, lo_ = 0, hi_ = 0;
+};
+
 // How attn_mask treats a (query tile, key tile): every pair attends (run it unmasked), none
 // does (skip it), or some (read the mask). Read once per tile and task: a row-independent mask
 // (key padding, m_sl = 0) reads one row; anything else (NaN, finite additive entries) is mixed.
@@ -446,8 +455,8 @@ TileMask classify_tile(const Problem<scalar_t>& P, int64_t b, int64_t h, int64_t
 // second brgemm accumulating into the output tile.
 void forward_brgemm(const Problem<float>& P, float* out, float* lse) {
   const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev;
-  const int64_t Bq = std::min(br_block_q(L), L);
-  const int64_t Bk = std::max<int64_t>(1, std::min(kBrBlockK, S));
+  const int64_t Bq = std::min(br_block_q(P.tune, L), L);
+  const int64_t Bk = std::max<int64_t>(1, std::min(P.tune.br_block_k, S));
   const int64_t lds = padded_ld(Bk), ldkt = padded_ld(S);
   const int64_t n_q_tiles = (L + Bq - 1) / Bq;
   const bool dropout = P.dropout_p > 0.f;
@@ -458,8 +467,7 @@ void forward_brgemm(const Problem<float>& P, float* out, float* lse) {
     float* const o = scratch.get(1);
     float* const m_run = scratch.get(2);
     float* const l_run = scratch.get(3);
-    float* const kt = scratch.get(4);
-    int64_t cached_head = -1, packed_upto = 0;
+    TransposedRows k_t(scratch.get(4), ldkt, S);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t qt = task % n_q_tiles, bh = task / n_q_tiles;
       const int64_t h = bh % P.Hq, b = bh / P.Hq, hk = h / P.group;
@@ -468,15 +476,7 @@ void forward_brgemm(const Problem<float>& P, float* out, float* lse) {
       const float* k_head = P.k + b * P.k_sb + hk * P.k_sh;
       const float* v_head = P.v + b * P.v_sb + hk * P.v_sh;
       const int64_t kv_end = P.causal ? std::min(S, q0 + nq) : S;
-      if (b * P.Hk + hk != cached_head) {
-        cached_head = b * P.Hk + hk;
-        packed_upto = 0;
-      }
-      if (packed_upto < kv_end) {
-        tile_gemm::transpose<float>(kv_end - packed_upto, E, k_head + packed_upto * P.k_ss, P.k_ss,
-                                    kt + packed_upto, ldkt);
-        packed_upto = kv_end;
-      }
+      const float* kt = k_t.get(b * P.Hk + hk, k_head, P.k_ss, E, 0, kv_end);
       std::fill(m_run, m_run + nq, ninf);
       std::fill(l_run, l_run + nq, 0.f);
       std::fill(o, o + nq * Ev, 0.f);
@@ -723,7 +723,7 @@ bool try_forward_brgemm<float>(const Problem<float>& P, float* out, float* lse) 
     forward_decode(P, out, lse);
     return true;
   }
-  if (!brgemm_usable()) return false;
+  if (!P.brgemm) return false;
   forward_brgemm(P, out, lse);
   return true;
 }
@@ -764,8 +764,8 @@ template <typename scalar_t>
 void forward_brgemm_reduced(const Problem<scalar_t>& P, scalar_t* out, float* lse) {
   const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev;
   const at::ScalarType dt = c10::CppTypeToScalarType<scalar_t>::value;
-  const int64_t Bq = std::min(br_block_q(L), L);
-  const int64_t Bk = std::max<int64_t>(kPackN, std::min(kBrBlockK / kPackN * kPackN, round_up(S, kPackN)));
+  const int64_t Bq = std::min(br_block_q(P.tune, L), L);
+  const int64_t Bk = std::max<int64_t>(kPackN, std::min(P.tune.br_block_k / kPackN * kPackN, round_up(S, kPackN)));
   const int64_t lds = Bk + 16, ldp = Bk + 32, ldo = round_up(Ev, kPackN);
   const int64_t S64 = round_up(S, kPackN), S2 = round_up(S, 2);
   const int64_t n_q_tiles = (L + Bq - 1) / Bq;
@@ -870,21 +870,22 @@ void forward_brgemm_reduced(const Problem<scalar_t>& P, scalar_t* out, float* ls
   });
 }
 
-bool reduced_brgemm_usable(at::ScalarType dt) {
-  static const bool bf16 = brgemm_usable() && cpublas::could_pack(at::kBFloat16);
-  static const bool f16 = brgemm_usable() && cpublas::could_pack(at::kHalf);
+// Whether oneDNN packs dt on this CPU (AMX / AVX-512 VNNI): probed once.
+bool reduced_brgemm_available(at::ScalarType dt) {
+  static const bool bf16 = brgemm_available() && cpublas::could_pack(at::kBFloat16);
+  static const bool f16 = brgemm_available() && cpublas::could_pack(at::kHalf);
   return dt == at::kBFloat16 ? bf16 : f16;
 }
 
 template <>
 bool try_forward_brgemm<c10::BFloat16>(const Problem<c10::BFloat16>& P, c10::BFloat16* out, float* lse) {
-  if (P.L < kMinRowsToPack || P.E % 2 != 0 || !reduced_brgemm_usable(at::kBFloat16)) return false;
+  if (P.L < kMinRowsToPack || P.E % 2 != 0 || !P.brgemm || !reduced_brgemm_available(at::kBFloat16)) return false;
   forward_brgemm_reduced(P, out, lse);
   return true;
 }
 template <>
 bool try_forward_brgemm<c10::Half>(const Problem<c10::Half>& P, c10::Half* out, float* lse) {
-  if (P.L < kMinRowsToPack || P.E % 2 != 0 || !reduced_brgemm_usable(at::kHalf)) return false;
+  if (P.L < kMinRowsToPack || P.E % 2 != 0 || !P.brgemm || !reduced_brgemm_available(at::kHalf)) return false;
   forward_brgemm_reduced(P, out, lse);
   return true;
 }
@@ -900,7 +901,7 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
   using acc_t = acc_type<scalar_t>;
   constexpr bool kConvert = !std::is_same_v<scalar_t, acc_t>;
   const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev;
-  const int64_t Bq = std::min(kBlockQ, L), Bk = std::max<int64_t>(1, std::min(kBlockK, S));
+  const int64_t Bq = std::min(P.tune.block_q, L), Bk = std::max<int64_t>(1, std::min(P.tune.block_k, S));
   const int64_t n_q_tiles = (L + Bq - 1) / Bq;
   const bool dropout = P.dropout_p > 0.f;
   const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
@@ -908,7 +909,7 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
   // Per-thread tiles; with weights the scores of whole rows are kept (they are an output).
   const ThreadScratch<acc_t> scratch({Bq * (weights ? std::max<int64_t>(S, 1) : Bk), Bq * Ev, Bq,
                                       Bq, kConvert ? Bq * E : 0, kConvert ? Bk * E : 0,
-                                      kConvert ? Bk * Ev : 0, kTileGemm ? Bk * E : 0});
+                                      kConvert ? Bk * Ev : 0, P.tile_gemm ? Bk * E : 0});
   at::parallel_for(0, P.B * P.Hq * n_q_tiles, 1, [&](int64_t begin, int64_t end) {
     acc_t* const scores = scratch.get(0);
     acc_t* const acc_out = scratch.get(1);
@@ -940,8 +941,8 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
           const int64_t nk = std::min(Bk, kv_end - k0);
           const acc_t* ka = as_acc(k_head + k0 * P.k_ss, nk, E, P.k_ss, k_buf, ldk);
           const acc_t* va = as_acc(v_head + k0 * P.v_ss, nk, Ev, P.v_ss, v_buf, ldv);
-          const acc_t* kt = pack_transposed(ka, nk, E, ldk, kt_buf, nq);
-          tile_product<acc_t>(false, true, nq, nk, E, P.scale, qa, ldq, ka, ldk, kt, 0, s, nk);
+          const acc_t* kt = pack_transposed(P.tile_gemm, ka, nk, E, ldk, kt_buf, nq);
+          tile_product<acc_t>(P.tile_gemm, false, true, nq, nk, E, P.scale, qa, ldq, ka, ldk, kt, 0, s, nk);
           for (int64_t r = 0; r < nq; ++r) {
             acc_t* srow = s + r * nk;
             mask_score_row(P, b, h, q0 + r, k0, nk, srow);
@@ -956,7 +957,7 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
             }
             if (dropout) apply_dropout_row(P, P.dropout_row(b, h, q0 + r), k0, nk, srow);
           }
-          tile_product<acc_t>(false, false, nq, Ev, nk, 1, s, nk, va, ldv, nullptr, 1, o, Ev);
+          tile_product<acc_t>(P.tile_gemm, false, false, nq, Ev, nk, 1, s, nk, va, ldv, nullptr, 1, o, Ev);
         }
       } else {
         // Weights wanted: the rows are materialised anyway (they are the output), so the exact
@@ -965,8 +966,8 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
         for (int64_t k0 = 0; k0 < kv_end; k0 += Bk) {
           const int64_t nk = std::min(Bk, kv_end - k0);
           const acc_t* ka = as_acc(k_head + k0 * P.k_ss, nk, E, P.k_ss, k_buf, ldk);
-          const acc_t* kt = pack_transposed(ka, nk, E, ldk, kt_buf, nq);
-          tile_product<acc_t>(false, true, nq, nk, E, P.scale, qa, ldq, ka, ldk, kt, 0, s + k0, lds);
+          const acc_t* kt = pack_transposed(P.tile_gemm, ka, nk, E, ldk, kt_buf, nq);
+          tile_product<acc_t>(P.tile_gemm, false, true, nq, nk, E, P.scale, qa, ldq, ka, ldk, kt, 0, s + k0, lds);
         }
         for (int64_t r = 0; r < nq; ++r) {
           const int64_t i = q0 + r;
@@ -987,7 +988,7 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
         for (int64_t k0 = 0; k0 < kv_end; k0 += Bk) {
           const int64_t nk = std::min(Bk, kv_end - k0);
           const acc_t* va = as_acc(v_head + k0 * P.v_ss, nk, Ev, P.v_ss, v_buf, ldv);
-          tile_product<acc_t>(false, false, nq, Ev, nk, 1, s + k0, lds, va, ldv, nullptr, 1, o, Ev);
+          tile_product<acc_t>(P.tile_gemm, false, false, nq, Ev, nk, 1, s + k0, lds, va, ldv, nullptr, 1, o, Ev);
         }
       }
 
@@ -1008,18 +1009,29 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
 // query heads that share it under GQA), streams key tiles and, for each, every query tile
 // that can see it, recomputing P = exp(scale * Q K^T + mask - lse).
 
+// attn::BackwardBuffers at one element type (lse and dmask in the accumulation type).
 template <typename scalar_t>
 struct BackwardIO {
   using acc_t = acc_type<scalar_t>;
-  const scalar_t* grad_out;      // [B, Hq, L, Ev] contiguous
-  const scalar_t* out;           // [B, Hq, L, Ev] contiguous
-  const acc_t* lse;              // [B, Hq, L]
-  const scalar_t* weights;       // [B, Hq, L, S] contiguous, or null
-  const scalar_t* grad_weights;  // [B, Hq, L, S] contiguous, or null
-  scalar_t* dq;                  // [B, Hq, L, E]
-  scalar_t* dk;                  // [B, Hk, S, E]
-  scalar_t* dv;                  // [B, Hk, S, Ev]
-  acc_t* dmask;                  // [B, Hq, L, S] or null
+  explicit BackwardIO(const attn::BackwardBuffers& b)
+      : grad_out(static_cast<const scalar_t*>(b.grad_out)),
+        out(static_cast<const scalar_t*>(b.out)),
+        lse(static_cast<const acc_t*>(b.lse)),
+        weights(static_cast<const scalar_t*>(b.weights)),
+        grad_weights(static_cast<const scalar_t*>(b.grad_weights)),
+        dq(static_cast<scalar_t*>(b.dq)),
+        dk(static_cast<scalar_t*>(b.dk)),
+        dv(static_cast<scalar_t*>(b.dv)),
+        dmask(static_cast<acc_t*>(b.dmask)) {}
+  const scalar_t* grad_out;
+  const scalar_t* out;
+  const acc_t* lse;
+  const scalar_t* weights;       // null without grad_weights
+  const scalar_t* grad_weights;
+  scalar_t* dq;
+  scalar_t* dk;
+  scalar_t* dv;
+  acc_t* dmask;                  // null without a mask gradient
 };
 
 template <typename scalar_t>
@@ -1027,8 +1039,8 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
   using acc_t = acc_type<scalar_t>;
   constexpr bool kConvert = !std::is_same_v<scalar_t, acc_t>;
   const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev, G = P.group;
-  const int64_t Bq = std::max<int64_t>(1, std::min(kBlockQB, L));
-  const int64_t Bk = std::max<int64_t>(1, std::min<int64_t>(kBlockKB, S));
+  const int64_t Bq = std::max<int64_t>(1, std::min(P.tune.block_q_bwd, L));
+  const int64_t Bk = std::max<int64_t>(1, std::min<int64_t>(P.tune.block_k_bwd, S));
   const bool dropout = P.dropout_p > 0.f;
 
   // A task is one (batch, key head) unit, or a share of its key tiles when there are fewer
@@ -1051,7 +1063,7 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
                                       Bq * Bk, Bq * Bk, dropout ? Bq * Bk : 0,
                                       kConvert ? G * L * E : 0, kConvert ? G * L * Ev : 0,
                                       kConvert ? Bk * E : 0, kConvert ? Bk * Ev : 0,
-                                      kTileGemm ? Bk * E : 0, kTileGemm ? Bk * Ev : 0});
+                                      P.tile_gemm ? Bk * E : 0, P.tile_gemm ? Bk * Ev : 0});
   at::parallel_for(0, units * splits, 1, [&](int64_t begin, int64_t end) {
     acc_t* const d_row = scratch.get(0);
     acc_t* const dq_scratch = scratch.get(1);
@@ -1106,8 +1118,8 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
         int64_t ldk, ldv;
         const acc_t* ka = as_acc(k_head + k0 * P.k_ss, nk, E, P.k_ss, k_buf, ldk);
         const acc_t* va = as_acc(v_head + k0 * P.v_ss, nk, Ev, P.v_ss, v_buf, ldv);
-        const acc_t* kt = pack_transposed(ka, nk, E, ldk, kt_buf, G * L);
-        const acc_t* vt = pack_transposed(va, nk, Ev, ldv, vt_buf, G * L);
+        const acc_t* kt = pack_transposed(P.tile_gemm, ka, nk, E, ldk, kt_buf, G * L);
+        const acc_t* vt = pack_transposed(P.tile_gemm, va, nk, Ev, ldv, vt_buf, G * L);
         std::fill(dk_acc, dk_acc + nk * E, acc_t(0));
         std::fill(dv_acc, dv_acc + nk * Ev, acc_t(0));
         // Under causal, rows before k0 see none of these keys.
@@ -1120,7 +1132,7 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
             const acc_t* doa = do_heads[g] + q0 * do_ld[g];
             acc_t* p = p_tile;
             acc_t* dp = dp_tile;
-            tile_product<acc_t>(false, true, nq, nk, E, P.scale, qa, q_ld[g], ka, ldk, kt, 0, p, nk);
+            tile_product<acc_t>(P.tile_gemm, false, true, nq, nk, E, P.scale, qa, q_ld[g], ka, ldk, kt, 0, p, nk);
             for (int64_t r = 0; r < nq; ++r) {
               acc_t* prow = p + r * nk;
               mask_score_row(P, b, h, q0 + r, k0, nk, prow);
@@ -1136,9 +1148,9 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
               pv = pd_tile;
             }
             // dV += Pd^T dO ; dP = dO V^T
-            tile_product<acc_t>(true, false, nk, Ev, nq, 1, pv, nk, doa, do_ld[g], nullptr, 1,
+            tile_product<acc_t>(P.tile_gemm, true, false, nk, Ev, nq, 1, pv, nk, doa, do_ld[g], nullptr, 1,
                                  dv_acc, Ev);
-            tile_product<acc_t>(false, true, nq, nk, Ev, 1, doa, do_ld[g], va, ldv, vt, 0, dp, nk);
+            tile_product<acc_t>(P.tile_gemm, false, true, nq, nk, Ev, 1, doa, do_ld[g], va, ldv, vt, 0, dp, nk);
             for (int64_t r = 0; r < nq; ++r) {
               const int64_t i = q0 + r;
               acc_t* dprow = dp + r * nk;
@@ -1154,9 +1166,9 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
               if (io.dmask) std::memcpy(io.dmask + (bh * L + i) * S + k0, dprow, nk * sizeof(acc_t));
             }
             // dQ += scale dS K ; dK += scale dS^T Q
-            tile_product<acc_t>(false, false, nq, E, nk, P.scale, dp, nk, ka, ldk, nullptr, 1,
+            tile_product<acc_t>(P.tile_gemm, false, false, nq, E, nk, P.scale, dp, nk, ka, ldk, nullptr, 1,
                                  dq_acc + (g * L + q0) * E, E);
-            tile_product<acc_t>(true, false, nk, E, nq, P.scale, dp, nk, qa, q_ld[g], nullptr, 1,
+            tile_product<acc_t>(P.tile_gemm, true, false, nk, E, nq, P.scale, dp, nk, qa, q_ld[g], nullptr, 1,
                                  dk_acc, E);
           }
         }
@@ -1187,16 +1199,14 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
 
 // float32 backward through brgemm: the same tasks and formulas as backward_kernel, with every
 // tile product in brgemm's row-major C (+)= A B form. Per (batch, key head) unit, Q^T and dO^T
-// of its query heads are transposed once; per key tile, K^T and V^T once. dK and dV accumulate
+// of its query heads are transposed once (and D computed once: consecutive splits of a unit
+// on one thread reuse them); K^T and V^T once per key tile (TransposedRows, as the forward's). dK and dV accumulate
 // transposed (dK^T += Q^T dS, dV^T += dO^T P: both operands as they are) and are transposed
 // back when the key tile is done; dS carries the scale.
-const int64_t kBrBlockQB = tile_size("FASTSEQ_ATTN_BR_BLOCK_Q_BWD", 64);
-const int64_t kBrBlockKB = tile_size("FASTSEQ_ATTN_BR_BLOCK_K_BWD", 128);
-
 void backward_brgemm(const Problem<float>& P, const BackwardIO<float>& io) {
   const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev, G = P.group;
-  const int64_t Bq = std::max<int64_t>(1, std::min(kBrBlockQB, L));
-  const int64_t Bk = std::max<int64_t>(1, std::min<int64_t>(kBrBlockKB, S));
+  const int64_t Bq = std::max<int64_t>(1, std::min(P.tune.br_block_q_bwd, L));
+  const int64_t Bk = std::max<int64_t>(1, std::min<int64_t>(P.tune.br_block_k_bwd, S));
   const int64_t ldk = padded_ld(Bk), ldl = padded_ld(L);
   const bool dropout = P.dropout_p > 0.f;
   const float scale = P.scale;
@@ -1219,8 +1229,8 @@ void backward_brgemm(const Problem<float>& P, const BackwardIO<float>& io) {
     float* const dq_scratch = scratch.get(1);
     float* const qt_all = scratch.get(2);
     float* const dot_all = scratch.get(3);
-    float* const kt = scratch.get(4);
-    float* const vt = scratch.get(5);
+    TransposedRows k_t(scratch.get(4), ldk, Bk), v_t(scratch.get(5), ldk, Bk);
+    int64_t prepared_unit = -1;  // whose Q^T, dO^T and D the scratch holds
     float* const dkt = scratch.get(6);
     float* const dvt = scratch.get(7);
     float* const p = scratch.get(8);
@@ -1233,7 +1243,7 @@ void backward_brgemm(const Problem<float>& P, const BackwardIO<float>& io) {
                                        : dq_scratch;
       const int64_t k_begin = split * tiles_per_split * Bk;
       const int64_t k_end = std::min(S, (split + 1) * tiles_per_split * Bk);
-      for (int64_t g = 0; g < G; ++g) {
+      for (int64_t g = 0; g < G && unit != prepared_unit; ++g) {
         const int64_t h = hk * G + g, bh = b * P.Hq + h;
         const float* qh = P.q + b * P.q_sb + h * P.q_sh;
         const float* doh = io.grad_out + bh * L * Ev;
@@ -1253,6 +1263,7 @@ void backward_brgemm(const Problem<float>& P, const BackwardIO<float>& io) {
           d_row[g * L + i] = d;
         }
       }
+      prepared_unit = unit;
       std::fill(dq_acc, dq_acc + G * L * E, 0.f);
       const float* k_head = P.k + b * P.k_sb + hk * P.k_sh;
       const float* v_head = P.v + b * P.v_sb + hk * P.v_sh;
@@ -1260,9 +1271,8 @@ void backward_brgemm(const Problem<float>& P, const BackwardIO<float>& io) {
       for (int64_t k0 = k_begin; k0 < k_end; k0 += Bk) {
         const int64_t nk = std::min(Bk, k_end - k0);
         const float* ka = k_head + k0 * P.k_ss;
-        const float* va = v_head + k0 * P.v_ss;
-        tile_gemm::transpose<float>(nk, E, ka, P.k_ss, kt, ldk);
-        tile_gemm::transpose<float>(nk, Ev, va, P.v_ss, vt, ldk);
+        const float* kt = k_t.get(unit, k_head, P.k_ss, E, k0, k0 + nk);
+        const float* vt = v_t.get(unit, v_head, P.v_ss, Ev, k0, k0 + nk);
         bool first = true;  // dK^T, dV^T not yet written for this key tile
         const int64_t q_begin = P.causal ? (k0 / Bq) * Bq : 0;
         for (int64_t g = 0; g < G; ++g) {
@@ -1365,124 +1375,59 @@ bool try_backward_brgemm(const Problem<scalar_t>&, const BackwardIO<scalar_t>&) 
 }
 template <>
 bool try_backward_brgemm<float>(const Problem<float>& P, const BackwardIO<float>& io) {
-  if (!brgemm_usable() || P.L < kMinRowsToPack) return false;
+  if (!P.brgemm || P.L < kMinRowsToPack) return false;
   backward_brgemm(P, io);
   return true;
 }
 
 // ---------------------------------------------------------------------------------------------
 
-// BLAS needs unit stride along a row and a row stride covering the row.
-at::Tensor blas_ready(const at::Tensor& t) {
-  const bool ok = t.stride(3) == 1 && (t.size(2) <= 1 || t.stride(2) >= t.size(3));
-  return ok ? t : t.contiguous();
-}
-
 template <typename scalar_t>
-Problem<scalar_t> make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                               const std::optional<at::Tensor>& mask, double dropout_p,
-                               bool is_causal, double scale, int64_t seed) {
-  using acc_t = acc_type<scalar_t>;
-  Problem<scalar_t> P;
-  P.q = q.const_data_ptr<scalar_t>();
-  P.k = k.const_data_ptr<scalar_t>();
-  P.v = v.const_data_ptr<scalar_t>();
-  P.B = q.size(0);
-  P.Hq = q.size(1);
-  P.Hk = k.size(1);
-  P.L = q.size(2);
-  P.S = k.size(2);
-  P.E = q.size(3);
-  P.Ev = v.size(3);
-  P.group = P.Hq / P.Hk;
-  P.q_sb = q.stride(0), P.q_sh = q.stride(1), P.q_sl = q.stride(2);
-  P.k_sb = k.stride(0), P.k_sh = k.stride(1), P.k_ss = k.stride(2);
-  P.v_sb = v.stride(0), P.v_sh = v.stride(1), P.v_ss = v.stride(2);
-  if (mask) {
-    const at::Tensor& m = *mask;
-    if (m.scalar_type() == at::kBool) {
-      P.mask_kind = MaskKind::kBool;
-      P.mask_bool = reinterpret_cast<const uint8_t*>(m.const_data_ptr<bool>());
-    } else {
-      P.mask_kind = MaskKind::kAdditive;
-      P.mask_add = m.const_data_ptr<scalar_t>();
-    }
-    P.m_sb = m.stride(0), P.m_sh = m.stride(1), P.m_sl = m.stride(2), P.m_ss = m.stride(3);
-  }
-  P.scale = static_cast<acc_t>(scale);
-  P.causal = is_causal;
-  P.dropout_p = static_cast<float>(dropout_p);
-  P.keep_scale = dropout_p > 0 ? static_cast<acc_t>(1.0 / (1.0 - dropout_p)) : acc_t(1);
-  P.seed = static_cast<uint64_t>(seed);
-  return P;
-}
+Problem<scalar_t>::Problem(const attn::Params& p)
+    : attn::Params(p),
+      q(static_cast<const scalar_t*>(p.q)),
+      k(static_cast<const scalar_t*>(p.k)),
+      v(static_cast<const scalar_t*>(p.v)),
+      mask_bool(p.mask_kind == MaskKind::kBool ? static_cast<const uint8_t*>(p.mask) : nullptr),
+      mask_add(p.mask_kind == MaskKind::kAdditive ? static_cast<const scalar_t*>(p.mask) : nullptr),
+      scale(static_cast<acc_t>(p.scale)),
+      keep_scale(static_cast<acc_t>(p.keep_scale)),
+      tune(attention_settings_snapshot()),  // once per call: a concurrent change waits for the next
+      tile_gemm(kHaveTileGemm && tune.gemm != AttentionGemm::kBlas),
+      brgemm(tune.gemm == AttentionGemm::kAuto && brgemm_available()) {}
 
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+// Runs f with the C++ element type of p.dtype.
+template <typename F>
+void by_dtype(attn::Dtype dtype, F&& f) {
+  switch (dtype) {
+    case attn::Dtype::kFloat32: return f(float{});
+    case attn::Dtype::kFloat64: return f(double{});
+    case attn::Dtype::kBFloat16: return f(c10::BFloat16{});
+    case attn::Dtype::kFloat16: return f(c10::Half{});
+  }
+}
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_forward_cpu(
-    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal, double scale,
-    int64_t seed, bool return_weights) {
-  const at::Tensor q = blas_ready(query), k = blas_ready(key), v = blas_ready(value);
-  const int64_t B = q.size(0), Hq = q.size(1), L = q.size(2), S = k.size(2), Ev = v.size(3);
-  at::Tensor out = at::empty({B, Hq, L, Ev}, q.options());
-  at::Tensor lse = at::empty({B, Hq, L}, q.options().dtype(acc_dtype(q.scalar_type())));
-  std::optional<at::Tensor> weights;
-  if (return_weights) weights = at::empty({B, Hq, L, S}, q.options());
-  if (out.numel() == 0 && lse.numel() == 0) return {out, lse, weights};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attention_forward_cpu", [&] {
-    const auto P = make_problem<scalar_t>(q, k, v, attn_mask, dropout_p, is_causal, scale, seed);
-    if (!return_weights &&
-        try_forward_brgemm(P, out.mutable_data_ptr<scalar_t>(),
-                           lse.mutable_data_ptr<acc_type<scalar_t>>()))
-      return;
-    forward_kernel<scalar_t>(P, out.mutable_data_ptr<scalar_t>(),
-                             lse.mutable_data_ptr<acc_type<scalar_t>>(),
-                             weights ? weights->mutable_data_ptr<scalar_t>() : nullptr);
+void attention_forward_cpu(const attn::Params& params, const attn::ForwardOutputs& o) {
+  by_dtype(params.dtype, [&](auto zero) {
+    using scalar_t = decltype(zero);
+    using acc_t = acc_type<scalar_t>;
+    const Problem<scalar_t> P(params);
+    scalar_t* out = static_cast<scalar_t*>(o.out);
+    acc_t* lse = static_cast<acc_t*>(o.lse);
+    if (o.weights == nullptr && try_forward_brgemm(P, out, lse)) return;
+    forward_kernel<scalar_t>(P, out, lse, static_cast<scalar_t*>(o.weights));
   });
-  return {out, lse, weights};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_backward_cpu(
-    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_weights,
-    const std::optional<at::Tensor>& weights, const at::Tensor& query, const at::Tensor& key,
-    const at::Tensor& value, const at::Tensor& out, const at::Tensor& lse,
-    const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal, double scale,
-    int64_t seed, bool mask_grad) {
-  const at::Tensor q = blas_ready(query), k = blas_ready(key), v = blas_ready(value);
-  const at::Tensor go = grad_out.contiguous(), o = out.contiguous(), l = lse.contiguous();
-  const int64_t B = q.size(0), Hq = q.size(1), L = q.size(2), S = k.size(2);
-  at::Tensor dq = at::empty(q.sizes(), q.options());
-  at::Tensor dk = at::empty(k.sizes(), k.options());
-  at::Tensor dv = at::empty(v.sizes(), v.options());
-  std::optional<at::Tensor> dmask;
-  if (mask_grad) dmask = at::zeros({B, Hq, L, S}, q.options().dtype(acc_dtype(q.scalar_type())));
-  std::optional<at::Tensor> w, gw;
-  if (grad_weights) {
-    w = weights->contiguous();
-    gw = grad_weights->contiguous();
-  }
-  if (dq.numel() + dk.numel() + dv.numel() > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "attention_backward_cpu", [&] {
-      using acc_t = acc_type<scalar_t>;
-      const auto P = make_problem<scalar_t>(q, k, v, attn_mask, dropout_p, is_causal, scale, seed);
-      BackwardIO<scalar_t> io;
-      io.grad_out = go.const_data_ptr<scalar_t>();
-      io.out = o.const_data_ptr<scalar_t>();
-      io.lse = l.const_data_ptr<acc_t>();
-      io.weights = w ? w->const_data_ptr<scalar_t>() : nullptr;
-      io.grad_weights = gw ? gw->const_data_ptr<scalar_t>() : nullptr;
-      io.dq = dq.mutable_data_ptr<scalar_t>();
-      io.dk = dk.mutable_data_ptr<scalar_t>();
-      io.dv = dv.mutable_data_ptr<scalar_t>();
-      io.dmask = dmask ? dmask->mutable_data_ptr<acc_t>() : nullptr;
-      if (!try_backward_brgemm(P, io)) backward_kernel<scalar_t>(P, io);
-    });
-  }
-  if (dmask && dmask->scalar_type() != q.scalar_type()) dmask = dmask->to(q.scalar_type());
-  return {dq, dk, dv, dmask};
+void attention_backward_cpu(const attn::Params& params, const attn::BackwardBuffers& b) {
+  by_dtype(params.dtype, [&](auto zero) {
+    using scalar_t = decltype(zero);
+    const Problem<scalar_t> P(params);
+    const BackwardIO<scalar_t> io(b);
+    if (!try_backward_brgemm(P, io)) backward_kernel<scalar_t>(P, io);
+  });
 }
 
 }  // namespace fastseq

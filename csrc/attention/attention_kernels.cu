@@ -15,6 +15,19 @@ namespace attention_cuda {
 namespace {
 
 namespace am = attention_math;
+using attn::MaskKind;
+using attn::Params;
+
+// Kernel arguments (passed by value): the shared problem and where a pass reads and writes.
+struct ForwardArgs {
+  Params p;
+  attn::ForwardOutputs o;
+};
+struct BackwardArgs {
+  Params fwd;
+  attn::BackwardBuffers io;
+  float* d_row;  // [B, Hq, L] scratch: rowsum(dO * O) (+ rowsum(W * dW))
+};
 
 constexpr int kWarp = 32;
 constexpr int kWarpsPerBlock = 4;
@@ -55,7 +68,7 @@ __device__ __forceinline__ float dot_shared(const float* a, const T* b, int64_t 
 
 // Applies attn_mask and the causal cut (key j seen by row i iff j <= i) to one scaled score.
 template <typename T>
-__device__ __forceinline__ float masked_score(const ForwardParams& p, int64_t b, int64_t h,
+__device__ __forceinline__ float masked_score(const Params& p, int64_t b, int64_t h,
                                               int64_t i, int64_t j, float s) {
   if (p.causal && j > i) return -INFINITY;
   const int64_t off = b * p.m_sb + h * p.m_sh + i * p.m_sl + j * p.m_ss;
@@ -69,7 +82,7 @@ struct RowIndex {
   int64_t b, h, hk, i;
 };
 
-__device__ __forceinline__ RowIndex decode_row(const ForwardParams& p, int64_t row) {
+__device__ __forceinline__ RowIndex decode_row(const Params& p, int64_t row) {
   RowIndex r;
   r.i = row % p.L;
   const int64_t bh = row / p.L;
@@ -83,7 +96,9 @@ __device__ __forceinline__ RowIndex decode_row(const ForwardParams& p, int64_t r
 // Forward: warp per query row. kPerLane = ceil(Ev / 32) output values held per lane.
 
 template <typename T, int kPerLane>
-__global__ void forward_kernel(ForwardParams p) {
+__global__ void forward_kernel(ForwardArgs args) {
+  const Params& p = args.p;
+  const float scale = static_cast<float>(p.scale), keep_scale = static_cast<float>(p.keep_scale);
   extern __shared__ float smem[];
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
@@ -106,7 +121,7 @@ __global__ void forward_kernel(ForwardParams p) {
 
   auto score = [&](int64_t j) -> float {
     if (j >= kv_end) return -INFINITY;
-    const float s = dot_shared(q_sh, k_head + j * p.k_ss, p.E) * p.scale;
+    const float s = dot_shared(q_sh, k_head + j * p.k_ss, p.E) * scale;
     return masked_score<T>(p, r.b, r.h, r.i, j, s);
   };
   auto accumulate = [&](float pj, int64_t j0) {
@@ -123,7 +138,7 @@ __global__ void forward_kernel(ForwardParams p) {
   };
 
   float inv;
-  if (p.weights == nullptr) {
+  if (args.o.weights == nullptr) {
     for (int64_t j0 = 0; j0 < kv_end; j0 += kWarp) {
       const int64_t j = j0 + lane;
       const float s = score(j);
@@ -133,7 +148,7 @@ __global__ void forward_kernel(ForwardParams p) {
       m = step.m_new;
 #pragma unroll
       for (int c = 0; c < kPerLane; ++c) acc[c] *= step.rescale;
-      if (dropout) pj *= am::dropout_factor<float>(p.seed, drow, static_cast<uint32_t>(j), p.dropout_p, p.keep_scale);
+      if (dropout) pj *= am::dropout_factor<float>(p.seed, drow, static_cast<uint32_t>(j), p.dropout_p, keep_scale);
       accumulate(pj, j0);
     }
     inv = am::inverse_row_sum(l);
@@ -147,23 +162,23 @@ __global__ void forward_kernel(ForwardParams p) {
       m = step.m_new;
     }
     const float row_inv = am::inverse_row_sum(l);
-    T* w_row = static_cast<T*>(p.weights) + row * p.S;
+    T* w_row = static_cast<T*>(args.o.weights) + row * p.S;
     for (int64_t j0 = 0; j0 < p.S; j0 += kWarp) {
       const int64_t j = j0 + lane;
       float pj = am::fast_exp(score(j) - am::softmax_shift(m)) * row_inv;
-      if (dropout && j < kv_end) pj *= am::dropout_factor<float>(p.seed, drow, static_cast<uint32_t>(j), p.dropout_p, p.keep_scale);
+      if (dropout && j < kv_end) pj *= am::dropout_factor<float>(p.seed, drow, static_cast<uint32_t>(j), p.dropout_p, keep_scale);
       if (j < p.S) w_row[j] = from_float<T>(pj);
       if (j0 < kv_end) accumulate(pj, j0);
     }
     inv = 1.f;
   }
-  T* o_row = static_cast<T*>(p.out) + row * p.Ev;
+  T* o_row = static_cast<T*>(args.o.out) + row * p.Ev;
 #pragma unroll
   for (int c = 0; c < kPerLane; ++c) {
     const int64_t e = lane + c * kWarp;
     if (e < p.Ev) o_row[e] = from_float<T>(acc[c] * inv);
   }
-  if (lane == 0) p.lse[row] = am::row_logsumexp(m, l);
+  if (lane == 0) static_cast<float*>(args.o.lse)[row] = am::row_logsumexp(m, l);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -171,18 +186,18 @@ __global__ void forward_kernel(ForwardParams p) {
 
 // D = rowsum(dO * O) (+ rowsum(W * dW)): warp per query row.
 template <typename T>
-__global__ void row_dot_kernel(BackwardParams bp) {
-  const ForwardParams& p = bp.fwd;
+__global__ void row_dot_kernel(BackwardArgs bp) {
+  const Params& p = bp.fwd;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
   if (row >= p.B * p.Hq * p.L) return;
-  const T* o = static_cast<const T*>(bp.out) + row * p.Ev;
-  const T* go = static_cast<const T*>(bp.grad_out) + row * p.Ev;
+  const T* o = static_cast<const T*>(bp.io.out) + row * p.Ev;
+  const T* go = static_cast<const T*>(bp.io.grad_out) + row * p.Ev;
   float d = 0.f;
   for (int64_t e = lane; e < p.Ev; e += kWarp) d += to_float(o[e]) * to_float(go[e]);
-  if (bp.grad_weights != nullptr) {
-    const T* w = static_cast<const T*>(bp.weights_saved) + row * p.S;
-    const T* gw = static_cast<const T*>(bp.grad_weights) + row * p.S;
+  if (bp.io.grad_weights != nullptr) {
+    const T* w = static_cast<const T*>(bp.io.weights) + row * p.S;
+    const T* gw = static_cast<const T*>(bp.io.grad_weights) + row * p.S;
     for (int64_t j = lane; j < p.S; j += kWarp) d += to_float(w[j]) * to_float(gw[j]);
   }
   d = warp_sum(d);
@@ -196,16 +211,17 @@ struct PairGrad {
 };
 
 template <typename T>
-__device__ __forceinline__ PairGrad pair_grad(const BackwardParams& bp, const RowIndex& r,
+__device__ __forceinline__ PairGrad pair_grad(const BackwardArgs& bp, const RowIndex& r,
                                               int64_t row, int64_t j, float raw_score, float dp) {
-  const ForwardParams& p = bp.fwd;
-  const float s = masked_score<T>(p, r.b, r.h, r.i, j, raw_score * p.scale);
-  const float prob = am::prob_from_lse(s, p.lse[row]);
+  const Params& p = bp.fwd;
+  const float s = masked_score<T>(p, r.b, r.h, r.i, j, raw_score * static_cast<float>(p.scale));
+  const float prob = am::prob_from_lse(s, static_cast<const float*>(bp.io.lse)[row]);
   const float f = p.dropout_p > 0.f
                       ? am::dropout_factor<float>(p.seed, static_cast<uint32_t>(row),
-                                                  static_cast<uint32_t>(j), p.dropout_p, p.keep_scale)
+                                                  static_cast<uint32_t>(j), p.dropout_p,
+                                                  static_cast<float>(p.keep_scale))
                       : 1.f;
-  if (bp.grad_weights != nullptr) dp += to_float(static_cast<const T*>(bp.grad_weights)[row * p.S + j]);
+  if (bp.io.grad_weights != nullptr) dp += to_float(static_cast<const T*>(bp.io.grad_weights)[row * p.S + j]);
   PairGrad g;
   g.p_dropped = prob * f;
   g.ds = am::softmax_grad(prob, dp * f, bp.d_row[row]);
@@ -214,9 +230,9 @@ __device__ __forceinline__ PairGrad pair_grad(const BackwardParams& bp, const Ro
 
 // dQ (and dmask): warp per query row, keys 32 at a time.
 template <typename T, int kPerLane>
-__global__ void dq_kernel(BackwardParams bp) {
+__global__ void dq_kernel(BackwardArgs bp) {
   extern __shared__ float smem[];
-  const ForwardParams& p = bp.fwd;
+  const Params& p = bp.fwd;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
   if (row >= p.B * p.Hq * p.L) return;
@@ -224,7 +240,7 @@ __global__ void dq_kernel(BackwardParams bp) {
   float* q_sh = smem + warp * (p.E + p.Ev);
   float* go_sh = q_sh + p.E;
   const T* q_row = static_cast<const T*>(p.q) + r.b * p.q_sb + r.h * p.q_sh + r.i * p.q_sl;
-  const T* go_row = static_cast<const T*>(bp.grad_out) + row * p.Ev;
+  const T* go_row = static_cast<const T*>(bp.io.grad_out) + row * p.Ev;
   for (int64_t e = lane; e < p.E; e += kWarp) q_sh[e] = to_float(q_row[e]);
   for (int64_t e = lane; e < p.Ev; e += kWarp) go_sh[e] = to_float(go_row[e]);
   __syncwarp();
@@ -241,7 +257,7 @@ __global__ void dq_kernel(BackwardParams bp) {
       const float raw = dot_shared(q_sh, k_head + j * p.k_ss, p.E);
       const float dp = dot_shared(go_sh, v_head + j * p.v_ss, p.Ev);
       ds = pair_grad<T>(bp, r, row, j, raw, dp).ds;
-      if (bp.dmask != nullptr) bp.dmask[row * p.S + j] = ds;
+      if (bp.io.dmask != nullptr) static_cast<float*>(bp.io.dmask)[row * p.S + j] = ds;
     }
     const int64_t n = kv_end - j0 < kWarp ? kv_end - j0 : kWarp;
     for (int t = 0; t < n; ++t) {
@@ -254,20 +270,20 @@ __global__ void dq_kernel(BackwardParams bp) {
       }
     }
   }
-  T* dq_row = static_cast<T*>(bp.dq) + row * p.E;
+  T* dq_row = static_cast<T*>(bp.io.dq) + row * p.E;
 #pragma unroll
   for (int c = 0; c < kPerLane; ++c) {
     const int64_t e = lane + c * kWarp;
-    if (e < p.E) dq_row[e] = from_float<T>(dq[c] * p.scale);
+    if (e < p.E) dq_row[e] = from_float<T>(dq[c] * static_cast<float>(p.scale));
   }
 }
 
 // dK and dV: warp per key row, summing over the query heads of its group and the query rows
 // that see it, 32 at a time.
 template <typename T, int kPerLane>
-__global__ void dkv_kernel(BackwardParams bp) {
+__global__ void dkv_kernel(BackwardArgs bp) {
   extern __shared__ float smem[];
-  const ForwardParams& p = bp.fwd;
+  const Params& p = bp.fwd;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t key_row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
   if (key_row >= p.B * p.Hk * p.S) return;
@@ -286,7 +302,7 @@ __global__ void dkv_kernel(BackwardParams bp) {
   for (int64_t g = 0; g < p.group; ++g) {
     const int64_t h = hk * p.group + g;
     const T* q_head = static_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
-    const T* go_head = static_cast<const T*>(bp.grad_out) + (b * p.Hq + h) * p.L * p.Ev;
+    const T* go_head = static_cast<const T*>(bp.io.grad_out) + (b * p.Hq + h) * p.L * p.Ev;
     for (int64_t i0 = i_begin; i0 < p.L; i0 += kWarp) {
       const int64_t i = i0 + lane;
       PairGrad pg{0.f, 0.f};
@@ -312,12 +328,12 @@ __global__ void dkv_kernel(BackwardParams bp) {
       }
     }
   }
-  T* dk_row = static_cast<T*>(bp.dk) + key_row * p.E;
-  T* dv_row = static_cast<T*>(bp.dv) + key_row * p.Ev;
+  T* dk_row = static_cast<T*>(bp.io.dk) + key_row * p.E;
+  T* dv_row = static_cast<T*>(bp.io.dv) + key_row * p.Ev;
 #pragma unroll
   for (int c = 0; c < kPerLane; ++c) {
     const int64_t e = lane + c * kWarp;
-    if (e < p.E) dk_row[e] = from_float<T>(dk[c] * p.scale);
+    if (e < p.E) dk_row[e] = from_float<T>(dk[c] * static_cast<float>(p.scale));
     if (e < p.Ev) dv_row[e] = from_float<T>(dv[c]);
   }
 }
@@ -344,18 +360,19 @@ cudaError_t by_head_dim(int64_t dim, const Arg& arg, cudaStream_t stream) {
 
 template <typename T, int kPerLane>
 struct LaunchForward {
-  static void run(const ForwardParams& p, cudaStream_t stream) {
+  static void run(const ForwardArgs& args, cudaStream_t stream) {
+    const Params& p = args.p;
     const int64_t rows = p.B * p.Hq * p.L;
     if (rows == 0) return;
     const size_t smem = kWarpsPerBlock * p.E * sizeof(float);
-    forward_kernel<T, kPerLane><<<blocks_for(rows), kWarpsPerBlock * kWarp, smem, stream>>>(p);
+    forward_kernel<T, kPerLane><<<blocks_for(rows), kWarpsPerBlock * kWarp, smem, stream>>>(args);
   }
 };
 
 template <typename T, int kPerLane>
 struct LaunchBackward {
-  static void run(const BackwardParams& bp, cudaStream_t stream) {
-    const ForwardParams& p = bp.fwd;
+  static void run(const BackwardArgs& bp, cudaStream_t stream) {
+    const Params& p = bp.fwd;
     const int64_t q_rows = p.B * p.Hq * p.L, k_rows = p.B * p.Hk * p.S;
     const size_t smem = kWarpsPerBlock * (p.E + p.Ev) * sizeof(float);
     if (q_rows > 0) {
@@ -368,27 +385,30 @@ struct LaunchBackward {
 };
 
 template <template <typename, int> class Launch, typename Arg>
-cudaError_t by_dtype(Dtype dtype, int64_t dim, const Arg& arg, cudaStream_t stream) {
+cudaError_t by_dtype(attn::Dtype dtype, int64_t dim, const Arg& arg, cudaStream_t stream) {
   switch (dtype) {
-    case Dtype::kFloat32: return by_head_dim<Launch, float>(dim, arg, stream);
-    case Dtype::kFloat16: return by_head_dim<Launch, __half>(dim, arg, stream);
-    case Dtype::kBFloat16: return by_head_dim<Launch, __nv_bfloat16>(dim, arg, stream);
+    case attn::Dtype::kFloat32: return by_head_dim<Launch, float>(dim, arg, stream);
+    case attn::Dtype::kFloat16: return by_head_dim<Launch, __half>(dim, arg, stream);
+    case attn::Dtype::kBFloat16: return by_head_dim<Launch, __nv_bfloat16>(dim, arg, stream);
+    case attn::Dtype::kFloat64: break;  // no float64 kernels
   }
   return cudaErrorInvalidValue;
 }
 
 }  // namespace
 
-cudaError_t attention_forward(const ForwardParams& params, Dtype dtype, cudaStream_t stream) {
+cudaError_t attention_forward(const attn::Params& params, const attn::ForwardOutputs& outputs,
+                              cudaStream_t stream) {
   const int64_t dim = params.E > params.Ev ? params.E : params.Ev;
   if (dim > kMaxHeadDim) return cudaErrorInvalidValue;
-  return by_dtype<LaunchForward>(dtype, params.Ev, params, stream);
+  return by_dtype<LaunchForward>(params.dtype, params.Ev, ForwardArgs{params, outputs}, stream);
 }
 
-cudaError_t attention_backward(const BackwardParams& params, Dtype dtype, cudaStream_t stream) {
-  const int64_t dim = params.fwd.E > params.fwd.Ev ? params.fwd.E : params.fwd.Ev;
+cudaError_t attention_backward(const attn::Params& params, const attn::BackwardBuffers& buffers,
+                               float* d_row, cudaStream_t stream) {
+  const int64_t dim = params.E > params.Ev ? params.E : params.Ev;
   if (dim > kMaxHeadDim) return cudaErrorInvalidValue;
-  return by_dtype<LaunchBackward>(dtype, dim, params, stream);
+  return by_dtype<LaunchBackward>(params.dtype, dim, BackwardArgs{params, buffers, d_row}, stream);
 }
 
 }  // namespace attention_cuda

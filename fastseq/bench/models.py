@@ -5,7 +5,11 @@ weights and data. tokens/s = tokens per step (in the label) / step time;
 
 Whatever fastseq.nn does not (yet) fuse runs torch's own layer in both columns; the
 ratio then measures the fused LSTM / attention alone. Flop counts: flops.charlm and
-flops.gpt (the Adam step is not counted). No "scaling" cases."""
+flops.gpt (the Adam step is not counted). No "scaling" cases.
+
+gpt_step (full suite): the GPT train step at attention-heavy shapes (T = 128..512, head dim
+32..64, batch 8..32), eager and with both models under torch.compile (inductor; fastseq's
+attention enters the graph as its custom ops)."""
 import sys
 
 import torch
@@ -15,20 +19,25 @@ from ..models import GPT, CharLM
 from . import flops
 from .harness import BenchCase, RunSettings, run_case
 
-OPS = ("charlm", "gpt")
+OPS = ("charlm", "gpt", "gpt_step")
 
 REFERENCE = "torch.nn (--impl torch)"
 NOTE = "train step = fwd+bwd+Adam"
+# What fastseq.nn does not fuse runs torch's own module in both columns of a GPT case.
+GPT_TORCH_PARTS = "Embedding, Linear, LayerNorm, GELU, Adam: torch's on both sides (only attention is fused)"
 
 
-def _train_step_pair(build, make_batch, device):
-    """(torch step, fastseq step): identical models (same seed) with their own Adam."""
+def _train_step_pair(build, make_batch, device, compile=False):
+    """(torch step, fastseq step): identical models (same seed) with their own Adam; with
+    compile, each model's forward (and so its backward) under torch.compile."""
     steps = []
     batch = make_batch()
     for impl in ("torch", "fastseq"):
         torch.manual_seed(0)
         model = build(impl).to(device).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        if compile:
+            model = torch.compile(model)
 
         def step(model=model, optimizer=optimizer):
             x, y = batch
@@ -65,9 +74,35 @@ def gpt_case(device, vocab, context, batch, d_model, heads, layers):
         return _train_step_pair(lambda impl: GPT(vocab, context, d_model, heads, layers, impl=impl),
                                 make_batch, device)
     return BenchCase("gpt", f"T={context} B={batch} D={d_model} heads={heads} L={layers} V={vocab} "
-                     f"({context * batch} tok/step)", "train", REFERENCE, setup, note=NOTE,
+                     f"({context * batch} tok/step)", "train", REFERENCE, setup,
+                     note=f"{NOTE}; {GPT_TORCH_PARTS}",
                      flops=flops.gpt(context, batch, d_model, layers, vocab),
                      dims=dict(T=context, B=batch, D=d_model, L=layers))
+
+
+def gpt_step_case(device, compiled, context, batch, d_model, heads, layers, vocab=65):
+    """The GPT train step, fastseq.nn vs torch.nn, both eager or both under torch.compile."""
+    def make_batch():
+        data = torch.randint(vocab, (batch, context + 1), device=device)
+        return data[:, :-1], data[:, 1:]
+
+    def setup():
+        return _train_step_pair(lambda impl: GPT(vocab, context, d_model, heads, layers, impl=impl),
+                                make_batch, device, compile=compiled)
+    how = "compiled" if compiled else "eager"
+    reference = "torch.compile(torch.nn GPT)" if compiled else "torch.nn GPT, eager"
+    note = f"{NOTE}; {GPT_TORCH_PARTS}" + (
+        "; both under torch.compile (inductor), fastseq attention as its custom ops" if compiled else "")
+    return BenchCase("gpt_step", f"T={context} B={batch} D={d_model} heads={heads} (hd {d_model // heads}) "
+                     f"L={layers} {how} ({context * batch} tok/step)", "train", reference, setup,
+                     note=note, flops=flops.gpt(context, batch, d_model, layers, vocab),
+                     dims=dict(T=context, B=batch, D=d_model, L=layers, compiled=int(compiled)))
+
+
+# (T, B, d_model, heads, layers): head dims 32 and 64, 4096 tokens a step; compiled for the
+# shortest and the longest (each compile costs tens of seconds on 2 cores).
+GPT_STEP_SHAPES = [(128, 32, 128, 4, 2), (256, 16, 128, 2, 2), (512, 8, 128, 2, 2)]
+GPT_STEP_COMPILED = [(128, 32, 128, 4, 2), (512, 8, 128, 2, 2)]
 
 
 def cases(suite, device):
@@ -81,6 +116,8 @@ def cases(suite, device):
         out.append(charlm_case(device, 65, 100, 32, 64, hidden, layers))
     for d_model, heads, layers, context in ((64, 4, 2, 64), (128, 4, 4, 128), (256, 8, 4, 256)):
         out.append(gpt_case(device, 65, context, 32, d_model, heads, layers))
+    out += [gpt_step_case(device, False, *shape) for shape in GPT_STEP_SHAPES]
+    out += [gpt_step_case(device, True, *shape) for shape in GPT_STEP_COMPILED]
     return out
 
 

@@ -11,7 +11,7 @@ from .._ext import _C
 from ._autocast import autocast_as, register_custom_op_autocast
 from ._double_backward import create_graph_requested, recomputed_grads
 from ._route import use_custom_op
-from .reference_attention import attention_reference
+from .reference_attention import math_attention
 
 # ---------------------------------------------------------------------------------------
 # Custom ops over 4-D problems: query [B, Hq, L, E], key [B, Hk, S, E], value [B, Hk, S, Ev],
@@ -90,17 +90,33 @@ def _(grad_out, grad_weights, weights, query, key, value, out, lse, attn_mask, d
             dmask)
 
 
-def _setup_context(ctx, inputs, output):
-    query, key, value, attn_mask, dropout_p, is_causal, scale = inputs
-    out, lse, seed = output[:3]
-    weights = output[3] if len(output) > 3 else None
-    ctx.mask_grad = (attn_mask is not None and attn_mask.is_floating_point()
-                     and ctx.needs_input_grad[3])
-    ctx.args = (dropout_p, is_causal, scale)
-    # An unused weights output must reach backward as None, not as a materialised
-    # (N, H, L, S) zero tensor that the fused backward would then read.
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(query, key, value, out, lse, seed, attn_mask, weights)
+# No register_autograd on the forward ops: _Attention below is the one autograd formula, and
+# it calls these ops itself under torch.compile.
+register_custom_op_autocast("fastseq::attention_forward", "attention")
+register_custom_op_autocast("fastseq::attention_forward_with_weights", "attention")
+
+
+def _eager_seed(dropout_p: float) -> int:
+    # The same draw as _draw_seed (so eager and compiled runs agree), none without dropout.
+    return int(_draw_seed(dropout_p)) if dropout_p > 0.0 else 0
+
+
+def _forward(query, key, value, attn_mask, dropout_p, is_causal, scale, with_weights):
+    """(out, lse, weights or None, seed): through the custom ops where torch.compile traces
+    (or meta tensors need fake kernels), seed then a tensor; else straight to fastseq._C,
+    seed an int (the custom-op dispatch costs ~50 us a call, which short sequences feel)."""
+    if use_custom_op(query):
+        if with_weights:
+            out, lse, seed, weights = attention_forward_with_weights(
+                query, key, value, attn_mask, dropout_p, is_causal, scale)
+            return out, lse, weights, seed
+        out, lse, seed = attention_forward(query, key, value, attn_mask, dropout_p, is_causal,
+                                           scale)
+        return out, lse, None, seed
+    seed = _eager_seed(dropout_p)
+    out, lse, weights = _C.attention_forward(query, key, value, attn_mask, dropout_p, is_causal,
+                                             scale, seed, with_weights)
+    return out, lse, weights, seed
 
 
 def _recomputed_grads(ctx, query, key, value, attn_mask, grad_out, grad_weights, n_args):
@@ -114,91 +130,63 @@ def _recomputed_grads(ctx, query, key, value, attn_mask, grad_out, grad_weights,
     with_weights = grad_weights is not None
 
     def forward(q, k, v, m):
-        result = attention_reference(q, k, v, m, is_causal, scale, with_weights)
-        return result if with_weights else (result,)
+        result = math_attention(q, k, v, m, 0.0, is_causal, scale, True)
+        return result if with_weights else result[:1]
     grads = recomputed_grads(forward, (query, key, value, attn_mask), ctx.needs_input_grad[:4],
                              (grad_out, grad_weights) if with_weights else (grad_out,))
     return grads + (None,) * (n_args - 4)
 
 
-def _backward(ctx, grad_out, grad_weights=None):
-    query, key, value, out, lse, seed, attn_mask, weights = ctx.saved_tensors
-    dropout_p, is_causal, scale = ctx.args
-    if create_graph_requested():
-        return _recomputed_grads(ctx, query, key, value, attn_mask, grad_out, grad_weights, 7)
-    if grad_out is None:
-        grad_out = torch.zeros_like(out)
-    dq, dk, dv, dmask = attention_backward(
-        grad_out, grad_weights, weights if grad_weights is not None else None, query, key, value,
-        out, lse, attn_mask, dropout_p, is_causal, scale, seed, ctx.mask_grad)
-    return dq, dk, dv, (dmask if ctx.mask_grad else None), None, None, None
-
-
-def _backward_plain(ctx, grad_out, grad_lse, grad_seed):
-    return _backward(ctx, grad_out)
-
-
-def _backward_with_weights(ctx, grad_out, grad_lse, grad_seed, grad_weights):
-    return _backward(ctx, grad_out, grad_weights)
-
-
-attention_forward.register_autograd(_backward_plain, setup_context=_setup_context)
-attention_forward_with_weights.register_autograd(_backward_with_weights,
-                                                 setup_context=_setup_context)
-register_custom_op_autocast("fastseq::attention_forward", "attention")
-register_custom_op_autocast("fastseq::attention_forward_with_weights", "attention")
-
-
-def _eager_seed(dropout_p: float) -> int:
-    # The same draw as _draw_seed (so eager and compiled runs agree), none without dropout.
-    return int(_draw_seed(dropout_p)) if dropout_p > 0.0 else 0
-
-
-class _EagerAttention(torch.autograd.Function):
-    """The same forward/backward as the custom ops, as a plain autograd.Function for eager
-    mode: torch.library's custom-op dispatch costs ~50 us a call (~200 us with autograd),
-    which matters for short sequences. Same seed draw, so eager and compiled runs agree."""
+class _Attention(torch.autograd.Function):
+    """The one autograd formula of fused attention, for eager calls and under torch.compile
+    alike (dynamo traces this Function; inside, _forward and the backward reach the kernels
+    through the custom ops there, through fastseq._C eagerly). An old-style Function: a
+    setup_context one costs ~60-80 us more per call in torch 2.13. Under create_graph=True
+    the backward recomputes in torch ops (fastseq.ops._double_backward)."""
 
     @staticmethod
     def forward(ctx, query, key, value, attn_mask, dropout_p, is_causal, scale, with_weights):
-        seed = _eager_seed(dropout_p)
-        out, lse, weights = _C.attention_forward(query, key, value, attn_mask, dropout_p,
-                                                 is_causal, scale, seed, with_weights)
-        ctx.mark_non_differentiable(lse)
-        ctx.set_materialize_grads(False)  # see _setup_context: no zero (N, H, L, S) grad
-        ctx.args = (dropout_p, is_causal, scale, seed, with_weights)
-        ctx.save_for_backward(query, key, value, out, lse, attn_mask, weights)
+        out, lse, weights, seed = _forward(query, key, value, attn_mask, dropout_p, is_causal,
+                                           scale, with_weights)
+        # An unused weights output must reach backward as None, not as a materialised
+        # (N, H, L, S) zero tensor that the fused backward would then read.
+        ctx.set_materialize_grads(False)
+        ctx.args = (dropout_p, is_causal, scale)
+        # A traced seed is a tensor (saved); an eager one an int (kept on ctx).
+        traced = isinstance(seed, Tensor)
+        ctx.seed = None if traced else seed
+        ctx.save_for_backward(query, key, value, out, lse, attn_mask, weights,
+                              seed if traced else None)
         return (out, weights) if with_weights else out
 
     @staticmethod
     def backward(ctx, grad_out, grad_weights=None):
-        query, key, value, out, lse, attn_mask, weights = ctx.saved_tensors
-        dropout_p, is_causal, scale, seed, with_weights = ctx.args
+        query, key, value, out, lse, attn_mask, weights, seed = ctx.saved_tensors
+        dropout_p, is_causal, scale = ctx.args
         if create_graph_requested():
             return _recomputed_grads(ctx, query, key, value, attn_mask, grad_out, grad_weights, 8)
         mask_grad = bool(attn_mask is not None and attn_mask.is_floating_point()
                          and ctx.needs_input_grad[3])
         if grad_out is None:
             grad_out = torch.zeros_like(out)
-        dq, dk, dv, dmask = _C.attention_backward(
-            grad_out, grad_weights, weights if grad_weights is not None else None, query, key,
-            value, out, lse, attn_mask, dropout_p, is_causal, scale, seed, mask_grad)
-        return dq, dk, dv, dmask, None, None, None, None
+        saved_weights = weights if grad_weights is not None else None
+        args = (grad_out, grad_weights, saved_weights, query, key, value, out, lse, attn_mask,
+                dropout_p, is_causal, scale)
+        if seed is not None:  # traced: the custom op
+            dq, dk, dv, dmask = attention_backward(*args, seed, mask_grad)
+        else:
+            dq, dk, dv, dmask = _C.attention_backward(*args, ctx.seed, mask_grad)
+        return dq, dk, dv, (dmask if mask_grad else None), None, None, None, None
 
 
 def _attention(q4, k4, v4, m4, dropout_p, is_causal, scale, with_weights):
-    """Eager: the autograd.Function; under torch.compile: the custom ops (traceable)."""
-    if use_custom_op(q4):
-        if with_weights:
-            out, _, _, weights = attention_forward_with_weights(q4, k4, v4, m4, dropout_p,
-                                                                is_causal, scale)
-            return out, weights
-        return attention_forward(q4, k4, v4, m4, dropout_p, is_causal, scale)[0]
-    if torch.is_grad_enabled() and (q4.requires_grad or k4.requires_grad or v4.requires_grad
-                                    or (m4 is not None and m4.requires_grad)):
-        return _EagerAttention.apply(q4, k4, v4, m4, dropout_p, is_causal, scale, with_weights)
-    out, _, weights = _C.attention_forward(q4, k4, v4, m4, dropout_p, is_causal, scale,
-                                           _eager_seed(dropout_p), with_weights)
+    """The autograd Function when a gradient can flow (or torch.compile traces); an eager
+    call without one goes straight to the kernels (no ctx, nothing saved)."""
+    if use_custom_op(q4) or (torch.is_grad_enabled() and (
+            q4.requires_grad or k4.requires_grad or v4.requires_grad
+            or (m4 is not None and m4.requires_grad))):
+        return _Attention.apply(q4, k4, v4, m4, dropout_p, is_causal, scale, with_weights)
+    out, _, weights, _ = _forward(q4, k4, v4, m4, dropout_p, is_causal, scale, with_weights)
     return (out, weights) if with_weights else out
 
 # ---------------------------------------------------------------------------------------

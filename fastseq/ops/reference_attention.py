@@ -1,37 +1,47 @@
-"""Pure-torch scaled-dot-product attention over the fused kernels' 4-D problems, with their
-semantics (grouped heads, causal top-left, bool/additive masks, a fully masked row gives 0).
-Used by tests and by the double backward (fastseq.ops._double_backward), never the fast path."""
-from typing import Optional
+"""Scaled-dot-product attention in plain torch ops, with the fused kernels' semantics: the
+one implementation behind fastseq.nn.functional's torch path (ONNX export, TorchScript,
+torch.func, tracing) and the double backward of the fused op (fastseq.ops._double_backward).
+Never the fast path."""
+import math
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 
-def attention_reference(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor],
-                        is_causal: bool, scale: float, with_weights: bool = False):
-    """query [B, Hq, L, E], key [B, Hk, S, E], value [B, Hk, S, Ev] (Hq a multiple of Hk),
-    attn_mask [B, Hq, L, S] bool (True = take part) or additive -> out [B, Hq, L, Ev]
-    (and the weights [B, Hq, L, S] with with_weights)."""
-    group = query.size(1) // max(key.size(1), 1)
-    if group > 1:
-        key, value = key.repeat_interleave(group, 1), value.repeat_interleave(group, 1)
-    scores = (query @ key.transpose(-1, -2)) * scale
-    L, S = scores.shape[-2:]
-    allowed = None
+def math_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor] = None,
+                   dropout_p: float = 0.0, is_causal: bool = False, scale: Optional[float] = None,
+                   enable_gqa: bool = False) -> Tuple[Tensor, Tensor]:
+    """(output, weights) with torch's scaled_dot_product_attention arguments and shapes (any
+    number of batch dims; a bool attn_mask is True where a key takes part, a float one is
+    added; is_causal keeps tril(ones(L, S))). Only ops that ONNX (both exporters),
+    TorchScript and torch.func all know (aten._scaled_dot_product_attention_math computes
+    the same but has no ONNX symbolic).
+
+    A row whose every key is masked (bool, causal or -inf additive entries) gets zero
+    weights, a zero output and zero gradients, as the fused kernels and torch's CPU kernel
+    give, also through a second derivative: its scores are replaced by zeros before the
+    softmax, so no NaN arises in the forward or the backward. NaN in the inputs still
+    propagates."""
+    if enable_gqa and query.dim() >= 3 and key.dim() >= 3 and key.size(-3) != query.size(-3):
+        groups = query.size(-3) // key.size(-3)
+        key = key.repeat_interleave(groups, -3)
+        value = value.repeat_interleave(groups, -3)
+    factor = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale
+    scores = torch.matmul(query, key.transpose(-2, -1)) * factor
+    keep: Optional[Tensor] = None
     if is_causal:
-        allowed = torch.ones(L, S, dtype=torch.bool, device=query.device).tril()
+        keep = torch.ones(query.size(-2), key.size(-2), dtype=torch.bool,
+                          device=query.device).tril()
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
-            allowed = attn_mask if allowed is None else allowed & attn_mask
+            keep = attn_mask if keep is None else keep & attn_mask
         else:
             scores = scores + attn_mask
-    if allowed is not None:
-        # A row with no allowed key gives zeros (and zero gradients), not softmax's NaN.
-        row_any = allowed.any(-1, keepdim=True)
-        fill = torch.where(row_any, float("-inf"), 0.0).to(scores.dtype)
-        scores = torch.where(allowed, scores, fill)
-        weights = torch.softmax(scores, -1) * row_any
-    else:
-        weights = torch.softmax(scores, -1)
-    out = weights @ value
-    return (out, weights) if with_weights else out
+    if keep is not None:
+        scores = scores.masked_fill(keep.logical_not(), float("-inf"))
+    none_kept = (scores == float("-inf")).all(dim=-1, keepdim=True)
+    weights = torch.softmax(scores.masked_fill(none_kept, 0.0), dim=-1).masked_fill(none_kept, 0.0)
+    if dropout_p > 0.0:
+        weights = torch.dropout(weights, dropout_p, True)
+    return torch.matmul(weights, value), weights
