@@ -55,6 +55,11 @@ at::Tensor packed_d_w_hh(const at::Tensor& dgates, const at::Tensor& output, con
   return d_w_hh.defined() ? d_w_hh.add_(d_w_hh_first) : d_w_hh_first;
 }
 
+// Inference projects the input in chunks of steps of at most this many elements (8 MB of
+// float32): the buffer stays bounded for long sequences, while each chunk's GEMM has enough
+// rows to run at the library's rate (1 MB chunks measured 3-8% slower at B=64, H=256).
+constexpr int64_t kInferenceChunkElements = int64_t(1) << 21;
+
 }  // namespace
 
 std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& input,
@@ -71,11 +76,11 @@ std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& inp
 
   // All timesteps' input projections (plus both biases) in one GEMM; each step adds its
   // recurrent term and leaves the activated gates there for backward. Inference needs no
-  // history, so it projects ~1 MB of steps at a time and reuses them from cache.
+  // history, so it projects chunks of steps (kInferenceChunkElements) into one buffer.
   at::Tensor x2d = input.contiguous().view({T * B, I});
   const int64_t chunk = save_for_backward
                             ? T
-                            : std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, B * G));
+                            : std::max<int64_t>(1, kInferenceChunkElements / std::max<int64_t>(1, B * G));
   at::Tensor gates;
   int64_t chunk_lo = 0, chunk_hi = 0;  // the steps [chunk_lo, chunk_hi) held in `gates`
   if (save_for_backward) {
