@@ -205,13 +205,12 @@ void backward_typed(const BackwardRun& run) {
   }
 }
 
-// Packing runs on every call (the weights may have changed), so it is a blocked transpose
-// over the threads (16 x 16 tiles: both the rows read and the k-slices written stay in L1),
-// not a strided scalar copy: that took 25% of an LSTM call at B=1, H=256.
+// Packing runs on every call (the weights may have changed since the last), so it is
+// at::vec's SIMD transpose over the threads, not a strided scalar copy: that took 25% of an
+// LSTM call at B=1, H=256.
 template <class T>
 at::Tensor pack_forward_typed(const at::Tensor& w, int64_t G) {
   constexpr int64_t W = kW<T>;
-  constexpr int64_t kK = 16;
   const int64_t H = w.size(0) / G, P = w.size(1), nub = (H + W - 1) / W;
   // Zeros only where a last, partial block of units has padding lanes to fill.
   at::Tensor packed = H % W ? at::zeros({nub, P, G * W}, w.options()) : at::empty({nub, P, G * W}, w.options());
@@ -219,15 +218,9 @@ at::Tensor pack_forward_typed(const at::Tensor& w, int64_t G) {
   T* dst = packed.data_ptr<T>();
   at::parallel_for(0, nub, 1, [&](int64_t ub0, int64_t ub1) {
     for (int64_t ub = ub0; ub < ub1; ++ub)
-      for (int64_t q = 0; q < G; ++q)
-        for (int64_t k0 = 0; k0 < P; k0 += kK) {
-          const int64_t nk = std::min(kK, P - k0);
-          for (int64_t u = 0; u < W && ub * W + u < H; ++u) {
-            const T* row = src + (q * H + ub * W + u) * P + k0;
-            T* d = dst + (ub * P + k0) * G * W + q * W + u;
-            for (int64_t k = 0; k < nk; ++k) d[k * G * W] = row[k];
-          }
-        }
+      for (int64_t q = 0; q < G; ++q)  // rows (units) x k  ->  k x lanes of gate q
+        at::vec::transpose_mxn<T>(src + (q * H + ub * W) * P, P, dst + ub * P * G * W + q * W, G * W,
+                                  static_cast<int>(std::min<int64_t>(W, H - ub * W)), static_cast<int>(P));
   });
   return packed;
 }
