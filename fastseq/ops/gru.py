@@ -93,6 +93,7 @@ class _GRUEager(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse):
+        ctx.set_materialize_grads(False)  # an unused h_n reaches backward as None, not zeros
         out, h_n, ws = _C.gru_forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, True)
         _save(ctx, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, out, ws)
         return out, h_n

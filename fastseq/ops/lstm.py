@@ -113,6 +113,10 @@ class _LSTMLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
+        # Unused outputs (gates and cells always, often h_n / c_n) must reach backward as
+        # None, not as zero tensors autograd would allocate and fill ([T, B, 4H] for gates:
+        # measured 1.3 ms of a 7 ms LSTM training step at T=100 B=64 H=64).
+        ctx.set_materialize_grads(False)
         output = tuple(_C.lstm_layer_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                              batch_sizes, reverse))
         _layer_setup_context(ctx, (input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse),

@@ -89,6 +89,7 @@ class _RNNEager(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity):
+        ctx.set_materialize_grads(False)  # an unused h_n reaches backward as None, not zeros
         out, h_n = _C.rnn_forward(input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity)
         _save(ctx, input, hx, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, nonlinearity, out)
         return out, h_n
