@@ -1,5 +1,6 @@
 """The machine a benchmark ran on: CPU / GPU, ISA, cores, load, torch and BLAS, and its own
-GEMM rate from a short torch.mm probe (the roofline every case is compared with)."""
+GEMM rate from short probes of the GEMM libraries torch offers (the roofline every case is
+compared with)."""
 import os
 import platform
 import re
@@ -44,18 +45,37 @@ def blas_info():
     return ", ".join(parts)
 
 
-def gemm_gflops(device: torch.device, dtype: torch.dtype, threads: int, seconds: float = 0.15) -> float:
-    """Best rate of an n x n x n torch.mm (n = 1024 on CPU, 4096 on CUDA, cuBLAS there) over
-    repeated samples for about `seconds`: the machine's practical GEMM peak on these threads."""
-    n = 4096 if device.type == "cuda" else 1024
-    gen = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(n, n, generator=gen).to(device=device, dtype=dtype) for _ in range(2))
-    run = lambda: torch.mm(a, b)
+def _best_rate(run, n, device, threads, seconds):
     best, _ = measure(run, device, 1, threads)  # also the warm-up
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         best = min(best, measure(run, device, 1, threads)[0])
     return 2.0 * n ** 3 / best / 1e9
+
+
+def gemm_probes(device: torch.device, dtype: torch.dtype, threads: int, seconds: float = 0.15) -> dict:
+    """Best rate (GFLOP/s) of an n x n x n product (n = 1024 on CPU, 4096 on CUDA) over
+    repeated samples for about `seconds`, per library torch offers: torch.mm (MKL on CPU,
+    cuBLAS on CUDA) and, on CPU float32, oneDNN's GEMM (torch.ops.mkldnn._linear_pointwise).
+    MKL takes a generic path on AMD CPUs (about half oneDNN's rate there), so the machine's
+    limit is the best of the two, not torch.mm alone."""
+    n = 4096 if device.type == "cuda" else 1024
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=gen).to(device=device, dtype=dtype) for _ in range(2))
+    rates = {"torch.mm": _best_rate(lambda: torch.mm(a, b), n, device, threads, seconds)}
+    linear = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    if device.type == "cpu" and dtype == torch.float32 and linear is not None:
+        try:
+            bt = b.t().contiguous()
+            rates["oneDNN"] = _best_rate(lambda: linear(a, bt, None, "none", [], ""), n, device, threads, seconds)
+        except RuntimeError:  # a torch without oneDNN's linear: torch.mm alone
+            pass
+    return rates
+
+
+def gemm_gflops(device: torch.device, dtype: torch.dtype, threads: int, seconds: float = 0.15) -> float:
+    """The machine's practical GEMM peak on these threads: the best library's rate."""
+    return max(gemm_probes(device, dtype, threads, seconds).values())
 
 
 def describe(device: torch.device, threads: int):
@@ -77,7 +97,9 @@ def describe(device: torch.device, threads: int):
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
-    info["gemm_peak_gflops"] = round(gemm_gflops(device, torch.float32, threads), 1)
+    probes = gemm_probes(device, torch.float32, threads)
+    info["gemm_probes_gflops"] = {k: round(v, 1) for k, v in probes.items()}
+    info["gemm_peak_gflops"] = round(max(probes.values()), 1)
     info["gemm_bf16_gflops"] = round(gemm_gflops(device, torch.bfloat16, threads), 1)
     return info
 
@@ -87,8 +109,9 @@ def header_lines(m):
              f"CPU {m['cpu']} ({m['isa']}), {m['cores']} cores, {m['threads']} threads, "
              f"load {m['load_avg']:.2f} at start",
              f"torch {m['torch']}, BLAS {m['blas']}, python {m['python']}, {m['date']}",
-             f"GEMM peak (torch.mm probe): float32 {m['gemm_peak_gflops']:.0f} GFLOP/s, "
-             f"bfloat16 {m['gemm_bf16_gflops']:.0f} GFLOP/s"]
+             f"GEMM peak (best library, 1024^3): float32 {m['gemm_peak_gflops']:.0f} GFLOP/s ("
+             + ", ".join(f"{k} {v:.0f}" for k, v in m.get("gemm_probes_gflops", {}).items())
+             + f"), bfloat16 torch.mm {m['gemm_bf16_gflops']:.0f} GFLOP/s"]
     if m["busy"]:
         lines.append(f"WARNING: load {m['load_avg']:.2f} on {m['cores']} cores: the machine is busy, "
                      f"timings will be noisy")
