@@ -11,7 +11,7 @@ from . import flops, recurrent_grid
 from .harness import BenchCase
 from .recurrent_grid import LayerShape
 
-OPS = ("gru", "rnn")
+OPS = ("gru", "rnn", "gru_cell", "rnn_cell")
 
 SMALL = [("gru", "train", 35, 8, 128), ("gru", "infer", 100, 32, 128),
          ("rnn", "train", 100, 32, 128), ("rnn", "infer", 35, 8, 128)]
@@ -61,11 +61,48 @@ def _case(op, mode, shape, device):
                      dims=shape.dims())
 
 
+def _cell_case(op, mode, B, H, device):
+    """One GRUCell / RNNCell step (a decoder's per-call cost): forward, or forward + the
+    parameter gradients."""
+    import fastseq.nn as fnn
+
+    torch_cls, fast_cls, ref_name = {"gru_cell": (torch.nn.GRUCell, fnn.GRUCell, "torch.nn.GRUCell"),
+                                     "rnn_cell": (torch.nn.RNNCell, fnn.RNNCell, "torch.nn.RNNCell(tanh)")}[op]
+
+    def setup():
+        torch.manual_seed(0)
+        ref, fast = torch_cls(H, H).to(device), fast_cls(H, H).to(device)
+        fast.load_state_dict(ref.state_dict())
+        x, h = (torch.randn(B, H, device=device) for _ in range(2))
+
+        def runner(module):
+            params = list(module.parameters())
+            if mode == "infer":
+                def run():
+                    with torch.no_grad():
+                        return module(x, h)
+                return run
+
+            def run():
+                return list(torch.autograd.grad(module(x, h).sum(), params))
+            return run
+        return runner(ref), runner(fast)
+
+    base = op.split("_")[0]
+    return BenchCase(op=op, label=f"one step B={B} I=H={H}", mode=mode, reference=ref_name, setup=setup,
+                     flops=flops.recurrent(base, 1, B, H, H, 1, mode), dims=dict(B=B, H=H))
+
+
+CELL_SHAPES = ((1, 256), (16, 128), (64, 256))
+
+
 def cases(suite, device):
     if suite == "small":
         return [_case(op, mode, LayerShape(T, B, H), device) for op, mode, T, B, H in SMALL]
     if suite == "scaling":
         return [_case(op, mode, LayerShape(T, B, H), device)
                 for op, mode, (T, B, H) in itertools.product(("gru", "rnn"), ("train", "infer"), SCALING)]
-    return [_case(op, mode, shape, device)
-            for op, mode, shape in itertools.product(("gru", "rnn"), ("train", "infer"), recurrent_grid.FULL)]
+    return ([_case(op, mode, shape, device)
+             for op, mode, shape in itertools.product(("gru", "rnn"), ("train", "infer"), recurrent_grid.FULL)]
+            + [_cell_case(op, mode, B, H, device)
+               for op, mode, (B, H) in itertools.product(("gru_cell", "rnn_cell"), ("infer", "train"), CELL_SHAPES)])
