@@ -256,7 +256,8 @@ void set_min_macs_per_thread(int64_t macs) {
 int64_t get_min_macs_per_thread() { return min_macs_per_thread().load(); }
 
 bool engine_supports(const at::Tensor& input) {
-  return input.is_cpu() && (input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble);
+  return input.is_cpu() && (input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble) &&
+         input.dim() == 3 && input.size(0) >= kMinEngineSteps;
 }
 
 at::Tensor pack_forward_weight(const at::Tensor& w_hh, int64_t gates) {

@@ -24,7 +24,11 @@ constexpr int64_t gate_count(CellKind kind) {
   return kind == CellKind::kLstm ? 4 : kind == CellKind::kGru ? 3 : 1;
 }
 
-// True when the engine runs this input's dtype on this device.
+// True when the engine runs this input ([T, B, I]) and pays off: CPU float32 / float64, and
+// at least kMinEngineSteps steps. Packing W_hh costs about as much as one step's GEMM at
+// small batches, while the per-step loop pays ~5-10 us of framework calls per step, so a
+// single step (the cells' backward: T = 1) is cheaper without the engine.
+constexpr int64_t kMinEngineSteps = 4;
 bool engine_supports(const at::Tensor& input);
 
 // W_hh [G*H, H] in the layouts of the two step GEMMs (gate columns of one unit block side by

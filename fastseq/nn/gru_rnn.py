@@ -8,7 +8,7 @@ from .._ext import _C, require_cuda_build
 from ..ops.gru import gru_cell, gru_layer
 from ..ops.rnn import rnn_cell, rnn_layer
 from ._interop import TorchTwin, use_torch_forward
-from ._recurrent import fused_dtype, run_recurrent_stack, torch_fallback
+from ._recurrent import CPU_FUSED_DTYPES, fused_dtype, run_recurrent_stack, torch_fallback
 
 _NONLINEARITIES = ("tanh", "relu")
 
@@ -83,6 +83,18 @@ def _cell_inputs(cell, input, hx):
     return input, hx, batched
 
 
+def _fast_cell_call(cell, input, hx) -> bool:
+    """The common decoder-loop call, checked in a handful of attribute reads (no Python
+    helper calls): a batched CPU input and state of the cell's dtype and shapes. Any miss
+    takes _cell_inputs, which reports what is wrong or normalises the call."""
+    w = cell.weight_ih
+    return (type(input) is Tensor and type(hx) is Tensor and input.dim() == 2
+            and input.dtype == w.dtype and input.device == w.device and not input.is_cuda
+            and input.dtype in CPU_FUSED_DTYPES and input.shape[1] == cell.input_size
+            and hx.dtype == input.dtype and hx.device == input.device
+            and hx.shape == (input.shape[0], cell.hidden_size))
+
+
 def _raise_bad_cell_input(cell, input):
     name, w = type(cell).__name__, cell.weight_ih
     if input.dim() not in (1, 2):
@@ -107,6 +119,8 @@ class GRUCell(TorchTwin, torch.nn.GRUCell):
     def forward(self, input: Tensor, hx=None) -> Tensor:
         if use_torch_forward():
             return super().forward(input, hx)
+        if _fast_cell_call(self, input, hx):
+            return gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         checked = _cell_inputs(self, input, hx)
         if checked is None:
             return super().forward(input, hx)
@@ -125,6 +139,9 @@ class RNNCell(TorchTwin, torch.nn.RNNCell):
         if self.nonlinearity not in _NONLINEARITIES:  # RuntimeError, as torch.nn.RNNCell raises
             raise RuntimeError(f"{type(self).__name__}: nonlinearity must be 'tanh' or 'relu', "
                                f"got {self.nonlinearity!r}")
+        if _fast_cell_call(self, input, hx):
+            return rnn_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
+                            self.nonlinearity)
         checked = _cell_inputs(self, input, hx)
         if checked is None:
             return super().forward(input, hx)

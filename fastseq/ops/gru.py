@@ -140,6 +140,6 @@ def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Option
     own cell); under torch.compile: the layer custom op with T = 1."""
     if use_custom_op(input):
         return gru(input.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh)[1]
-    if needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh):
+    if torch.is_grad_enabled():  # the C++ node records nothing when no input needs grad
         return _C.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh)
     return _C.gru_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, False)[0]

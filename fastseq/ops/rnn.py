@@ -131,6 +131,6 @@ def rnn_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Option
     with T = 1."""
     if use_custom_op(input):
         return rnn(input.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh, None, False, nonlinearity)[1]
-    if needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh):
+    if torch.is_grad_enabled():  # the C++ node records nothing when no input needs grad
         return _C.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
     return _C.rnn_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
