@@ -212,12 +212,15 @@ def tiny_digits(n=16, canvas=24):
     return digits.test_x, digits.test_y
 
 
-@pytest.mark.parametrize("model", [
-    CNNClassifier(24, (8, 16, 16)), CNNClassifier(24, (8, 16, 16), self_attention=True),
-    CNNClassifier(24, (8, 16, 16), self_attention=True, impl="torch"), FCClassifier(24, 64)],
+# Factories, not instances: a model built at collection time would take its initial weights
+# from whatever the random state is then (it changes with the test files collected before).
+@pytest.mark.parametrize("make_model", [
+    lambda: CNNClassifier(24, (8, 16, 16)), lambda: CNNClassifier(24, (8, 16, 16), self_attention=True),
+    lambda: CNNClassifier(24, (8, 16, 16), self_attention=True, impl="torch"), lambda: FCClassifier(24, 64)],
     ids=["cnn", "cnn-selfattn", "cnn-selfattn-torch", "fc"])
-def test_classifiers_overfit(model):
+def test_classifiers_overfit(make_model):
     torch.manual_seed(0)
+    model = make_model()
     x, y = tiny_digits()
     fit(model, lambda: F.cross_entropy(model(x), y), 120, lr=5e-3)
     assert (model(x).argmax(-1) == y).all()
