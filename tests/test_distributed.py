@@ -201,7 +201,7 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step_and_the_run_resumes(tm
         time.sleep(0.1)
     procs[1].send_signal(signal.SIGTERM)  # rank 1 only: rank 0 learns of it in the step's all-reduce
     (code0, _, err0), (code1, _, err1) = finish(procs, timeout=60)
-    assert code0 == code1 == 130, (err0, err1)
+    assert code0 == code1 == 130, (code0, code1, err0, err1)
     assert "interrupted by a signal to another rank" in err0 and "--resume" in err0
     assert err1.strip() == ""  # rank 0 alone says so
     step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
