@@ -151,3 +151,23 @@ def test_bfloat16_error_at_most_twice_torchs(kind):
         err_torch = (got_torch[i].double() - exact[i]).abs().max().item()
         err_fast = (got_fast[i].double() - exact[i]).abs().max().item()
         assert err_fast <= 2 * err_torch, (i, err_fast, err_torch)
+
+
+@pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_cells_with_parametrized_weights_match_torch(cls):
+    """A cell whose weight lives outside _parameters (torch.nn.utils.parametrize) reads it
+    as an attribute, as torch's cell does."""
+    from torch.nn.utils import parametrize
+
+    class Scale(torch.nn.Module):
+        def forward(self, w):
+            return 0.5 * w
+
+    ref, fast = getattr(torch.nn, cls)(6, 10), getattr(fnn, cls)(6, 10)
+    fast.load_state_dict(ref.state_dict())
+    for m in (ref, fast):
+        parametrize.register_parametrization(m, "weight_hh", Scale())
+    x, h = torch.randn(4, 6), torch.randn(4, 10)
+    state = (h, h.clone()) if cls == "LSTMCell" else h
+    a, b = fast(x, state), ref(x, state)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -8,7 +8,7 @@ from .._ext import _C, require_cuda_build
 from ..ops.gru import gru_cell, gru_layer
 from ..ops.rnn import rnn_cell, rnn_layer
 from ._interop import TorchTwin, use_torch_forward
-from ._recurrent import CPU_FUSED_DTYPES, fused_dtype, run_recurrent_stack, torch_fallback
+from ._recurrent import CPU_FUSED_DTYPES, cell_weights, fused_dtype, run_recurrent_stack, torch_fallback
 
 _NONLINEARITIES = ("tanh", "relu")
 
@@ -83,11 +83,10 @@ def _cell_inputs(cell, input, hx):
     return input, hx, batched
 
 
-def _fast_cell_call(cell, input, hx) -> bool:
+def _fast_cell_call(cell, w, input, hx) -> bool:
     """The common decoder-loop call, checked in a handful of attribute reads (no Python
-    helper calls): a batched CPU input and state of the cell's dtype and shapes. Any miss
-    takes _cell_inputs, which reports what is wrong or normalises the call."""
-    w = cell.weight_ih
+    helper calls): a batched CPU input and state of the dtype of w (weight_ih) and the cell's
+    shapes. Any miss takes _cell_inputs, which reports what is wrong or normalises the call."""
     return (type(input) is Tensor and type(hx) is Tensor and input.dim() == 2
             and input.dtype == w.dtype and input.device == w.device and not input.is_cuda
             and input.dtype in CPU_FUSED_DTYPES and input.shape[1] == cell.input_size
@@ -119,8 +118,9 @@ class GRUCell(TorchTwin, torch.nn.GRUCell):
     def forward(self, input: Tensor, hx=None) -> Tensor:
         if use_torch_forward():
             return super().forward(input, hx)
-        if _fast_cell_call(self, input, hx):
-            return gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        weights = cell_weights(self)
+        if _fast_cell_call(self, weights[0], input, hx):
+            return gru_cell(input, hx, *weights)
         checked = _cell_inputs(self, input, hx)
         if checked is None:
             return super().forward(input, hx)
@@ -139,9 +139,9 @@ class RNNCell(TorchTwin, torch.nn.RNNCell):
         if self.nonlinearity not in _NONLINEARITIES:  # RuntimeError, as torch.nn.RNNCell raises
             raise RuntimeError(f"{type(self).__name__}: nonlinearity must be 'tanh' or 'relu', "
                                f"got {self.nonlinearity!r}")
-        if _fast_cell_call(self, input, hx):
-            return rnn_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
-                            self.nonlinearity)
+        weights = cell_weights(self)
+        if _fast_cell_call(self, weights[0], input, hx):
+            return rnn_cell(input, hx, *weights, self.nonlinearity)
         checked = _cell_inputs(self, input, hx)
         if checked is None:
             return super().forward(input, hx)

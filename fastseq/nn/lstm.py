@@ -6,7 +6,7 @@ from torch import Tensor
 from .._ext import require_cuda_build
 from ..ops.lstm import lstm_cell, lstm_layer
 from ._interop import TorchTwin, use_torch_forward
-from ._recurrent import CPU_FUSED_DTYPES, fused_dtype, run_recurrent_stack, torch_fallback
+from ._recurrent import CPU_FUSED_DTYPES, cell_weights, fused_dtype, run_recurrent_stack, torch_fallback
 
 class LSTM(TorchTwin, torch.nn.LSTM):
     """torch.nn.LSTM with a fused forward and backward through time.
@@ -49,7 +49,8 @@ class LSTMCell(TorchTwin, torch.nn.LSTMCell):
         # device, given (h, c) of the right shape) costs a handful of attribute reads; any
         # miss goes to _prepare_and_run, which reports what is wrong, or normalises the
         # input (unbatched, hx None or a list, other dtypes and devices) and runs it.
-        w_ih = self.weight_ih
+        weights = cell_weights(self)
+        w_ih = weights[0]
         if (type(input) is Tensor and type(hx) is tuple and len(hx) == 2 and input.dim() == 2
                 and input.dtype == w_ih.dtype and input.device == w_ih.device
                 and not input.is_cuda and input.dtype in CPU_FUSED_DTYPES
@@ -57,7 +58,7 @@ class LSTMCell(TorchTwin, torch.nn.LSTMCell):
             h0, c0 = hx
             size = (input.shape[0], self.hidden_size)
             if (type(h0) is Tensor and type(c0) is Tensor and h0.shape == size and c0.shape == size):
-                return lstm_cell(input, h0, c0, w_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+                return lstm_cell(input, h0, c0, *weights)
         return self._prepare_and_run(input, hx)
 
     def _prepare_and_run(self, input, hx):
