@@ -32,7 +32,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         fastseq::recurrent::set_min_macs_per_thread(min_macs_per_thread);
       }, py::arg("min_macs_per_thread"),
       "multiply-adds per thread and time step below which the CPU recurrent engine uses fewer "
-      "threads (1: every available thread at every size; default 65536)");
+      "threads (1: every available thread at every size; default 8192)");
   m.def("cpu_gemm_backend", &fastseq::cpu_gemm_backend,
         "The library running large CPU float32 GEMMs now: \"onednn\" or \"aten\"");
   m.attr("compiler") = py::str(

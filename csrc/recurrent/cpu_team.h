@@ -54,15 +54,16 @@ class StepBarrier {
   alignas(64) std::atomic<int> generation_{0};
 };
 
-// Threads worth using for `steps` time steps of `macs_per_step` multiply-adds each. A thread
-// pays off once its share of a step outlasts the barrier that joins it to the others
-// (about 0.3-1 us on two cores of one socket; measured on AMD EPYC and Intel Xeon): below
-// ~64K multiply-adds per thread and step (~0.5 us at a core's GEMM rate) one thread runs
-// the sequence alone, which is also the latency-bound streaming case (batch 1-8, small H).
+// Threads worth using for a time step of `macs_per_step` multiply-adds. A thread pays off
+// once its share of a step outlasts the barrier that joins it to the others. Measured on
+// 2 AMD EPYC cores (LSTM inference, T=100, 1- vs 2-thread team): 2 threads lose below ~8K
+// multiply-adds a step (B=1 H=16: 0.71-0.88x, B=1 H=32: 0.96x), tie at ~9K (B=1 H=48) and
+// win from 16K (B=1 H=64: 1.16x, B=4 H=64: 1.10x, B=1 H=128: 1.44x, B=1 H=256: 2.2x), so a
+// thread is added per 8192 multiply-adds of a step.
 // The threshold is a setting (set_min_macs_per_thread; tests set 1 to run the team's
 // barrier and work split at every size).
 inline std::atomic<int64_t>& min_macs_per_thread() {
-  static std::atomic<int64_t> value{int64_t(1) << 16};
+  static std::atomic<int64_t> value{int64_t(1) << 13};
   return value;
 }
 
