@@ -8,15 +8,8 @@ reference is that of rounding the inputs and outputs only (docs/numerics.md)."""
 import functools
 
 import torch
-from torch import Tensor
 
-
-def _cast(value, dtype):
-    if isinstance(value, Tensor) and value.is_floating_point():
-        return value.to(dtype)
-    if isinstance(value, (tuple, list)):
-        return type(value)(_cast(v, dtype) for v in value)
-    return value
+from ._autocast import _cast  # floating tensors (also in tuples) to a dtype
 
 
 def bfloat16_in_float32_on_cpu(fn):
