@@ -26,13 +26,29 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("recurrent_engine_settings", [] {
         py::dict d;
         d["min_macs_per_thread"] = fastseq::recurrent::get_min_macs_per_thread();
+        static const char* names[] = {"auto", "fused", "gemm"};
+        d["input_projection"] = names[static_cast<int>(fastseq::recurrent::get_input_projection())];
         return d;
       }, "the CPU recurrent engine's settings (see set_recurrent_engine_settings)");
-  m.def("set_recurrent_engine_settings", [](int64_t min_macs_per_thread) {
-        fastseq::recurrent::set_min_macs_per_thread(min_macs_per_thread);
-      }, py::arg("min_macs_per_thread"),
-      "multiply-adds per thread and time step below which the CPU recurrent engine uses fewer "
-      "threads (1: every available thread at every size; default 8192)");
+  m.def("set_recurrent_engine_settings",
+        [](std::optional<int64_t> min_macs_per_thread, std::optional<std::string> input_projection) {
+          using fastseq::recurrent::InputProjection;
+          if (input_projection) {
+            const std::string& p = *input_projection;
+            TORCH_CHECK(p == "auto" || p == "fused" || p == "gemm",
+                        "set_recurrent_engine_settings: input_projection must be \"auto\", \"fused\" or "
+                        "\"gemm\", got \"", p, "\"");
+            fastseq::recurrent::set_input_projection(p == "auto"    ? InputProjection::kAuto
+                                                     : p == "fused" ? InputProjection::kFused
+                                                                    : InputProjection::kGemm);
+          }
+          if (min_macs_per_thread) fastseq::recurrent::set_min_macs_per_thread(*min_macs_per_thread);
+        },
+        py::arg("min_macs_per_thread") = py::none(), py::arg("input_projection") = py::none(),
+        "min_macs_per_thread: multiply-adds per thread and time step below which the CPU recurrent "
+        "engine uses fewer threads (1: every available thread at every size; default 8192). "
+        "input_projection: \"auto\" (the cost model), \"fused\" (LSTM / RNN: x_t W_ih^T accumulated "
+        "in each step's micro-kernel) or \"gemm\" (large GEMMs over chunks of steps)");
   m.def("cpu_gemm_backend", &fastseq::cpu_gemm_backend,
         "The library running large CPU float32 GEMMs now: \"onednn\" or \"aten\"");
   m.attr("compiler") = py::str(

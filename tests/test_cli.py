@@ -3,7 +3,6 @@ overwritten, metrics.json from every trainer, --help with defaults, Ctrl-C/SIGTE
 exit 130 and resume to the result of an uninterrupted run, and the pictures' fixes."""
 import importlib.util
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 from fastseq.cli import main
+from conftest import cli_env
 from fastseq.runs import Metrics, RunDir, RunExistsError, run_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,12 +31,9 @@ TINY_REINFORCE = ["train", "reinforce", *TINY_RL, "--set", "eval_every=500", "--
 TINY_A2C = ["train", "a2c", *TINY_RL, "--set", "eval_every=512", "--set", "hidden=16"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# The CLI runs and small models gain nothing from threads, and one avoids OpenMP stalls on
+# a shared machine (conftest.py's one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run_main(argv, capsys):
@@ -50,7 +47,7 @@ def run_main(argv, capsys):
 
 
 def cli_process(argv, cwd=ROOT):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = cli_env()
     return subprocess.Popen([sys.executable, "-m", "fastseq", *argv], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

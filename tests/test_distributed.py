@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import cli_env
 from fastseq import distributed
 from fastseq.cli import build_parser, main
 from fastseq.models.train import train
@@ -33,12 +34,9 @@ CNN = ["train", "cnn", "--canvas-size", "24", "--channels", "4,4,4", "--self-att
        "--no-progress", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# The CLI runs and small models gain nothing from threads, and one avoids OpenMP stalls on
+# a shared machine (conftest.py's one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def free_port():
@@ -51,9 +49,8 @@ def start_ranks(argv, n=2, env=None, program=(str(WORKER),)):
     """n processes of `program argv`, with the variables torchrun would set."""
     port, procs = free_port(), []
     for rank in range(n):
-        rank_env = dict(os.environ, WORLD_SIZE=str(n), RANK=str(rank), LOCAL_RANK=str(rank),
-                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
-                        PYTHONPATH=str(ROOT), **(env or {}))
+        rank_env = cli_env(WORLD_SIZE=str(n), RANK=str(rank), LOCAL_RANK=str(rank),
+                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **(env or {}))
         procs.append(subprocess.Popen([sys.executable, *program, *argv], cwd=ROOT, env=rank_env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return procs
@@ -249,7 +246,7 @@ def test_torchrun_itself_launches_one_run(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(free_port()), "-m", "fastseq", *GPT, "--steps", "4", "--eval-every", "2",
            "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT)),
+    proc = subprocess.run(cmd, cwd=ROOT, env=cli_env(),
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("gpt: done in") == 1

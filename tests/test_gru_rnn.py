@@ -7,7 +7,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fastseq.nn as fnn
-from conftest import requires_cuda
+from conftest import recurrent_pair, requires_cuda
 from fastseq.nn._recurrent import run_recurrent_stack
 from fastseq.ops import gru as gru_ops, rnn as rnn_ops
 from fastseq.ops.reference_gru_rnn import (gru_cell_reference, gru_layer_reference,
@@ -17,15 +17,7 @@ KINDS = ["gru", "rnn_tanh", "rnn_relu"]
 TOL = {torch.float32: dict(rtol=2e-5, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 
 
-def make_pair(kind, *args, **kwargs):
-    """(torch module, fastseq module) with identical weights (same seed, then state_dict)."""
-    if kind == "gru":
-        ref, fast = torch.nn.GRU(*args, **kwargs), fnn.GRU(*args, **kwargs)
-    else:
-        nl = kind.split("_")[1]
-        ref, fast = torch.nn.RNN(*args, nonlinearity=nl, **kwargs), fnn.RNN(*args, nonlinearity=nl, **kwargs)
-    fast.load_state_dict(ref.state_dict())
-    return ref, fast
+make_pair = recurrent_pair  # conftest.py
 
 
 def op_call(kind):

@@ -18,13 +18,9 @@ from fastseq.models.train import train
 from fastseq.models.vocab import CharVocab
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The machine is shared: one thread avoids OpenMP stalls, and tiny models gain nothing.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# The CLI runs and small models gain nothing from threads, and one avoids OpenMP stalls on
+# a shared machine (conftest.py's one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def train_cli(out, *argv):

@@ -11,37 +11,35 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fastseq
 import fastseq.nn as fnn
+from conftest import recurrent_pair
 
 KINDS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
 TOL = {torch.float32: dict(rtol=5e-5, atol=5e-5), torch.float64: dict(rtol=1e-9, atol=1e-9)}
 
 
 @contextlib.contextmanager
-def engine_settings(threads=None, min_macs_per_thread=None):
-    """Thread count and the engine's cost-model threshold, restored afterwards."""
+def engine_settings(threads=None, min_macs_per_thread=None, input_projection=None):
+    """Thread count and the engine's settings (cost-model threshold, how the input projection
+    runs), restored afterwards."""
     old_threads = torch.get_num_threads()
     old = fastseq._C.recurrent_engine_settings()
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        if min_macs_per_thread is not None:
-            fastseq._C.set_recurrent_engine_settings(min_macs_per_thread)
+        fastseq._C.set_recurrent_engine_settings(min_macs_per_thread=min_macs_per_thread,
+                                                 input_projection=input_projection)
         yield
     finally:
         torch.set_num_threads(old_threads)
-        fastseq._C.set_recurrent_engine_settings(old["min_macs_per_thread"])
+        fastseq._C.set_recurrent_engine_settings(**old)
 
 
-def make_pair(kind, *args, **kwargs):
-    if kind == "lstm":
-        ref, fast = torch.nn.LSTM(*args, **kwargs), fnn.LSTM(*args, **kwargs)
-    elif kind == "gru":
-        ref, fast = torch.nn.GRU(*args, **kwargs), fnn.GRU(*args, **kwargs)
-    else:
-        nl = kind.split("_")[1]
-        ref, fast = torch.nn.RNN(*args, nonlinearity=nl, **kwargs), fnn.RNN(*args, nonlinearity=nl, **kwargs)
-    fast.load_state_dict(ref.state_dict())
-    return ref, fast
+# Both ways the engine runs the input projection: large GEMMs over chunks of steps, and
+# accumulated inside each step's micro-kernel (LSTM / RNN; GRU always takes the GEMMs).
+PROJECTIONS = ["gemm", "fused"]
+
+
+make_pair = recurrent_pair  # conftest.py
 
 
 def run(module, x, lengths=None):
@@ -67,11 +65,12 @@ def assert_all_close(a, b, **tol):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("H", [1, 3, 17, 100, 513])
-def test_odd_hidden_sizes_float64(kind, H):
+@pytest.mark.parametrize("projection", PROJECTIONS)
+def test_odd_hidden_sizes_float64(kind, H, projection):
     T, B, I = (4, 2, 5) if H == 513 else (5, 3, 7)  # T >= 4: the engine runs (kMinEngineSteps)
     ref, fast = make_pair(kind, I, H, dtype=torch.float64)
     x = torch.randn(T, B, I, dtype=torch.float64)
-    with engine_settings(min_macs_per_thread=1):
+    with engine_settings(min_macs_per_thread=1, input_projection=projection):
         assert_all_close(run(fast, x), run(ref, x), **TOL[torch.float64])
 
 
@@ -79,29 +78,32 @@ def test_odd_hidden_sizes_float64(kind, H):
 # T = 1 and 3 run the per-step loops (below kMinEngineSteps), the others the engine.
 @pytest.mark.parametrize("T,B,I,H", [(1, 1, 3, 5), (3, 7, 2, 16), (4, 1, 1, 33), (9, 1, 1, 33), (5, 13, 20, 8)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_small_and_degenerate_shapes(kind, T, B, I, H, dtype):
+@pytest.mark.parametrize("projection", PROJECTIONS)
+def test_small_and_degenerate_shapes(kind, T, B, I, H, dtype, projection):
     ref, fast = make_pair(kind, I, H, dtype=dtype)
     x = torch.randn(T, B, I, dtype=dtype)
-    with engine_settings(min_macs_per_thread=1):
+    with engine_settings(min_macs_per_thread=1, input_projection=projection):
         assert_all_close(run(fast, x), run(ref, x), **TOL[dtype])
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_packed_many_lengths(kind, bidirectional):
+@pytest.mark.parametrize("projection", PROJECTIONS)
+def test_packed_many_lengths(kind, bidirectional, projection):
     T, B, I, H = 11, 9, 6, 20
     ref, fast = make_pair(kind, I, H, num_layers=2, bidirectional=bidirectional, dtype=torch.float64)
     x = torch.randn(T, B, I, dtype=torch.float64)
     lengths = torch.tensor([11, 1, 7, 3, 11, 9, 2, 5, 4])  # unsorted, repeated, 1 and T
-    with engine_settings(min_macs_per_thread=1):
+    with engine_settings(min_macs_per_thread=1, input_projection=projection):
         assert_all_close(run(fast, x, lengths), run(ref, x, lengths), **TOL[torch.float64])
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_batch_first_stacked_float32(kind):
+@pytest.mark.parametrize("projection", PROJECTIONS)
+def test_batch_first_stacked_float32(kind, projection):
     ref, fast = make_pair(kind, 24, 48, num_layers=3, batch_first=True)
     x = torch.randn(5, 12, 24)
-    with engine_settings(min_macs_per_thread=1):
+    with engine_settings(min_macs_per_thread=1, input_projection=projection):
         assert_all_close(run(fast, x), run(ref, x), **TOL[torch.float32])
 
 
@@ -133,6 +135,21 @@ def test_nan_in_state_reaches_output(kind):
 def test_settings_are_validated():
     with pytest.raises(RuntimeError, match="min_macs_per_thread must be >= 1, got 0"):
         fastseq._C.set_recurrent_engine_settings(0)
+    with pytest.raises(RuntimeError, match='input_projection must be "auto", "fused" or "gemm", got "fast"'):
+        fastseq._C.set_recurrent_engine_settings(input_projection="fast")
+    assert fastseq._C.recurrent_engine_settings()["input_projection"] == "auto"
+
+
+@pytest.mark.parametrize("kind", ["lstm", "rnn_tanh"])
+def test_fused_and_gemm_projections_agree_float32(kind):
+    """The two ways of running the input projection give torch's answer in float32 at a size
+    where the cost model picks the fused one (B >= 16), forward and every gradient."""
+    ref, fast = make_pair(kind, 48, 64, num_layers=2, bidirectional=True)
+    x = torch.randn(7, 20, 48)
+    expected = run(ref, x)
+    for projection in ["auto", *PROJECTIONS]:
+        with engine_settings(input_projection=projection):
+            assert_all_close(run(fast, x), expected, **TOL[torch.float32])
 
 
 @pytest.mark.parametrize("kind", KINDS)

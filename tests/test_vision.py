@@ -25,12 +25,9 @@ from fastseq.models.vision.video import VideoLabeler
 from fastseq.models.vocab import TokenVocab
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# The CLI runs and small models gain nothing from threads, and one avoids OpenMP stalls on
+# a shared machine (conftest.py's one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- SelfAttention2d ----

@@ -54,29 +54,22 @@ at::Tensor rows_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts, boo
   return packed ? at::zeros(sizes, opts) : at::empty(sizes, opts);
 }
 
-// The CPU sequence engine (recurrent/cpu_engine.h) in place of the per-step loop: per chunk
-// of steps one input-projection GEMM (gx_bias folded in), then every step of the chunk in
-// one parallel region. Returns the final state.
+// The CPU sequence engine (recurrent/cpu_engine.h) in place of the per-step loop: the input
+// projection (bias folded into its epilogue) and every step. Returns h_n.
 at::Tensor engine_forward(recurrent::CellKind kind, const at::Tensor& x, const at::Tensor& h0,
                           const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& gx_bias,
                           const at::Tensor& b_hn, const SequencePlan& plan, at::Tensor& out,
                           void* saved) {
-  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1), G = w_ih.size(0);
-  const at::Tensor packed = recurrent::pack_forward_weight(w_hh, recurrent::gate_count(kind));
+  const int64_t T = x.size(0), B = x.size(1), H = h0.size(1);
+  TORCH_CHECK(gx_bias.is_contiguous() && gx_bias.numel() == w_ih.size(0) && gx_bias.scalar_type() == x.scalar_type(),
+              "engine_forward: the input bias must be a contiguous ", x.scalar_type(), " tensor of ", w_ih.size(0),
+              " elements");
   at::Tensor h_buf = at::empty({2, B, H}, x.options());
   h_buf.select(0, 0).copy_(h0);
-  recurrent::ForwardRun run{kind, T, B, H, plan.packed ? plan.rows.data() : nullptr, plan.reverse, 0, 0,
-                            nullptr, 0, h_buf.data_ptr(), nullptr, out.data_ptr(), saved,
-                            b_hn.defined() ? b_hn.data_ptr() : nullptr, &packed};
-  const int64_t K = chunk_steps(T, B * G * x.element_size());
-  for (int64_t s0 = 0; s0 < T; s0 += K) {
-    const int64_t n = std::min(K, T - s0), lo = chunk_first_time(plan, s0, n, T);
-    const at::Tensor gx = linear_nt(x.narrow(0, lo, n).view({n * B, I}), w_ih, gx_bias);
-    run.gx = gx.data_ptr();
-    run.gx_t0 = lo;
-    run.s_begin = s0, run.s_end = s0 + n;
-    recurrent::run_forward(run, x.scalar_type());
-  }
+  const recurrent::ForwardRun run{kind, T, B, H, plan.packed ? plan.rows.data() : nullptr, plan.reverse,
+                                  h_buf.data_ptr(), nullptr, out.data_ptr(), saved, gx_bias.data_ptr(),
+                                  b_hn.defined() ? b_hn.data_ptr() : nullptr};
+  recurrent::forward_sequence(run, x.contiguous(), w_ih.contiguous(), w_hh, /*keep_gates=*/false);
   return h_buf.select(0, T % 2).clone();
 }
 

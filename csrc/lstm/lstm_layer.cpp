@@ -55,9 +55,8 @@ at::Tensor packed_d_w_hh(const at::Tensor& dgates, const at::Tensor& output, con
   return d_w_hh.defined() ? d_w_hh.add_(d_w_hh_first) : d_w_hh_first;
 }
 
-// Inference projects the input in chunks of steps of at most this many elements (8 MB of
-// float32): the buffer stays bounded for long sequences, while each chunk's GEMM has enough
-// rows to run at the library's rate (1 MB chunks measured 3-8% slower at B=64, H=256).
+// The per-step path's inference projects the input in chunks of steps of at most this many
+// elements (8 MB of float32), as the engine does (recurrent/cpu_engine.cpp, kChunkBytes).
 constexpr int64_t kInferenceChunkElements = int64_t(1) << 21;
 
 }  // namespace
@@ -74,6 +73,26 @@ std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& inp
   const bool proj = w_hr.has_value();
   const auto opts = input.options();
 
+  at::Tensor output = batch_sizes ? at::zeros({T, B, P}, opts) : at::empty({T, B, P}, opts);
+  at::Tensor cells = save_for_backward ? at::empty({T, B, H}, opts) : at::empty({0}, opts);
+  at::Tensor c_state = c0.clone(at::MemoryFormat::Contiguous);
+  if (!proj && recurrent::engine_supports(input)) {
+    // The sequence engine: the input projection and every step (recurrent/cpu_engine.h).
+    const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
+    TORCH_CHECK(!b.defined() || (b.numel() == G && b.scalar_type() == input.scalar_type()),
+                "lstm: bias must be a ", input.scalar_type(), " tensor of ", G, " elements");
+    at::Tensor h_buf = at::empty({2, B, H}, opts);
+    h_buf.select(0, 0).copy_(h0);
+    const recurrent::ForwardRun run{recurrent::CellKind::kLstm, T, B, H, batch_sizes, reverse,
+                                    h_buf.data_ptr(), c_state.data_ptr(), output.data_ptr(),
+                                    save_for_backward ? cells.data_ptr() : nullptr,
+                                    b.defined() ? b.data_ptr() : nullptr, nullptr};
+    at::Tensor gates = recurrent::forward_sequence(run, input.contiguous(), w_ih.contiguous(), w_hh,
+                                                   save_for_backward);
+    at::Tensor h_n = h_buf.select(0, T % 2).clone();
+    if (!save_for_backward) return {output, h_n, c_state, at::empty({0}, opts), cells};
+    return {output, h_n, c_state, gates, cells};
+  }
   // All timesteps' input projections (plus both biases) in one GEMM; each step adds its
   // recurrent term and leaves the activated gates there for backward. Inference needs no
   // history, so it projects chunks of steps (kInferenceChunkElements) into one buffer.
@@ -96,30 +115,6 @@ std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& inp
     return row_ptr(gates, (t - chunk_lo) * B * G);
   };
 
-  at::Tensor output = batch_sizes ? at::zeros({T, B, P}, opts) : at::empty({T, B, P}, opts);
-  at::Tensor cells = save_for_backward ? at::empty({T, B, H}, opts) : at::empty({0}, opts);
-  at::Tensor c_state = c0.clone(at::MemoryFormat::Contiguous);
-  if (!proj && recurrent::engine_supports(input)) {
-    // The sequence engine: all steps of each chunk in one parallel region.
-    const at::Tensor packed = recurrent::pack_forward_weight(w_hh, 4);
-    at::Tensor h_buf = at::empty({2, B, H}, opts);
-    h_buf.select(0, 0).copy_(h0);
-    recurrent::ForwardRun run{recurrent::CellKind::kLstm, T, B, H, batch_sizes, reverse, 0, 0,
-                              nullptr, 0, h_buf.data_ptr(), c_state.data_ptr(), output.data_ptr(),
-                              save_for_backward ? cells.data_ptr() : nullptr, nullptr, &packed};
-    for (int64_t s0 = 0; s0 < T; s0 += chunk) {
-      const int64_t s1 = std::min(T, s0 + chunk);
-      const int64_t t = reverse ? T - 1 - s0 : s0;
-      gates_at(t);  // projects the chunk holding t (all steps when training)
-      run.gx = gates.data_ptr();
-      run.gx_t0 = chunk_lo;
-      run.s_begin = s0, run.s_end = s1;
-      recurrent::run_forward(run, input.scalar_type());
-    }
-    at::Tensor h_n = h_buf.select(0, T % 2).clone();
-    if (!save_for_backward) return {output, h_n, c_state, at::empty({0}, opts), cells};
-    return {output, h_n, c_state, gates.view({T, B, G}), cells};
-  }
   at::Tensor h_state = h0.clone(at::MemoryFormat::Contiguous);
   at::Tensor h_pre = proj ? at::empty({B, H}, opts) : at::Tensor();
   // CPU float32: packed W_hh and a fused GEMM + gate step; the new h goes to a second

@@ -18,7 +18,10 @@ namespace recurrent {
 // What one forward step of one direction hands to the policy (row stride H unless noted).
 template <class T>
 struct ForwardStep {
-  T* gx;             // [B, G*H] pre-activations of this step
+  const T* gx;       // [B, G*H] input projection x W_ih^T of this step, or nullptr (the
+                     // engine accumulated it with the recurrent term)
+  const T* bias;     // [G*H] added to the input term (b_ih + b_hh; GRU: all but b_hn), or nullptr
+  T* gates;          // LSTM training: [B, 4H] where the activated gates go (may alias gx)
   const T* h_prev;   // [B, H]
   T* h_next;         // [B, H]
   T* out;            // [B, H]
@@ -26,6 +29,13 @@ struct ForwardStep {
   T* saved;          // LSTM cells[t] [B, H], GRU ws[t] [B, 4H], or nullptr (inference)
   const T* b_hn;     // GRU
   int64_t H;
+
+  // The input part of the pre-activation of gate column `col` (W lanes, n valid) of row r:
+  // the projected input (when not accumulated in the GEMM) plus the bias.
+  C10_ALWAYS_INLINE Vec<T> input_term(int64_t r, int64_t col, int64_t row_width, int n) const {
+    Vec<T> v = gx ? Vec<T>::loadu(gx + r * row_width + col, n) : Vec<T>(T(0));
+    return bias ? v + Vec<T>::loadu(bias + col, n) : v;
+  }
 };
 
 template <class T>
@@ -46,6 +56,9 @@ struct BackwardStep {
 
 struct LstmPolicy {
   static constexpr int kGates = 4;
+  // Each gate's pre-activation is x W_ih^T + h W_hh^T + b: the engine may accumulate both
+  // products in the same registers (its fused input projection).
+  static constexpr bool kSumsInputAndState = true;
   // dh_{t-1} = dG W_hh replaces dh (the output gradient is added in the next pointwise).
   static constexpr bool kReplaceDh = true;
 
@@ -54,13 +67,13 @@ struct LstmPolicy {
                                         const Vec<T>* acc) {
     using V = Vec<T>;
     const int64_t H = s.H;
-    T* g = s.gx + r * 4 * H + u;
-    V i = acc[0] + V::loadu(g, n), f = acc[1] + V::loadu(g + H, n),
-      gg = acc[2] + V::loadu(g + 2 * H, n), o = acc[3] + V::loadu(g + 3 * H, n), c, h;
+    V i = acc[0] + s.input_term(r, u, 4 * H, n), f = acc[1] + s.input_term(r, H + u, 4 * H, n),
+      gg = acc[2] + s.input_term(r, 2 * H + u, 4 * H, n), o = acc[3] + s.input_term(r, 3 * H + u, 4 * H, n), c, h;
     T* cp = s.c + r * H + u;
     lstm::gates_forward<VecActivations>(i, f, gg, o, V::loadu(cp, n), c, h);
     c.store(cp, n);
     if (s.saved) {
+      T* g = s.gates + r * 4 * H + u;
       i.store(g, n), f.store(g + H, n), gg.store(g + 2 * H, n), o.store(g + 3 * H, n);
       c.store(s.saved + r * H + u, n);
     }
@@ -86,6 +99,8 @@ struct LstmPolicy {
 
 struct GruPolicy {
   static constexpr int kGates = 3;
+  // n = tanh(gi_n + r * gh_n) keeps the two products apart: no fused input projection.
+  static constexpr bool kSumsInputAndState = false;
   // dh_{t-1} = z * dh_t (the direct part, written by backward) + dG_h W_hh.
   static constexpr bool kReplaceDh = false;
 
@@ -94,10 +109,10 @@ struct GruPolicy {
                                         const Vec<T>* acc) {
     using V = Vec<T>;
     const int64_t H = s.H;
-    const T* g = s.gx + r * 3 * H + u;
     const V gh_n = acc[2] + V::loadu(s.b_hn + u, n);
     V rg, z, ng, h_new;
-    gru_rnn::gru_forward_point<VecActivations>(V::loadu(g, n), V::loadu(g + H, n), V::loadu(g + 2 * H, n),
+    gru_rnn::gru_forward_point<VecActivations>(s.input_term(r, u, 3 * H, n), s.input_term(r, H + u, 3 * H, n),
+                                               s.input_term(r, 2 * H + u, 3 * H, n),
                                                acc[0], acc[1], gh_n, V::loadu(s.h_prev + r * H + u, n),
                                                rg, z, ng, h_new);
     if (s.saved) {
@@ -129,6 +144,7 @@ struct GruPolicy {
 template <bool kRelu>
 struct RnnPolicy {
   static constexpr int kGates = 1;
+  static constexpr bool kSumsInputAndState = true;
   static constexpr bool kReplaceDh = true;
 
   template <class T>
@@ -136,7 +152,7 @@ struct RnnPolicy {
                                         const Vec<T>* acc) {
     using V = Vec<T>;
     const int64_t o1 = r * s.H + u;
-    const V h = gru_rnn::rnn_forward_point<kRelu, VecActivations>(V::loadu(s.gx + o1, n), acc[0]);
+    const V h = gru_rnn::rnn_forward_point<kRelu, VecActivations>(s.input_term(r, u, s.H, n), acc[0]);
     h.store(s.out + o1, n);
     h.store(s.h_next + o1, n);
   }

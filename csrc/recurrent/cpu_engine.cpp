@@ -9,12 +9,15 @@
 
 #include "recurrent/cpu_engine.h"
 
+#include "common/gemm.h"
+
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 #include "recurrent/cpu_cells.h"
@@ -62,22 +65,28 @@ void forward_impl(const ForwardRun& run) {
   constexpr int64_t W = kW<T>;
   constexpr int G = Cell::kGates;
   const int64_t T_ = run.T, B = run.B, H = run.H, GH = G * H, nub = (H + W - 1) / W;
-  T* const gx = static_cast<T*>(run.gx);
+  const T* const gx = static_cast<const T*>(run.gx);
+  const T* const x = static_cast<const T*>(run.x);
+  const int64_t I = run.I;
+  const T* const x_panels = x ? run.packed_x->data_ptr<T>() : nullptr;
+  T* const gates = static_cast<T*>(run.gates);
   T* const hbuf = static_cast<T*>(run.h);
   T* const out = static_cast<T*>(run.out);
   T* const saved = static_cast<T*>(run.saved);
   const T* const panels = run.packed->data_ptr<T>();
   const int64_t saved_row = run.kind == CellKind::kGru ? 4 * H : H;
-  const int threads = team_size_for(B * GH * H);
+  const int threads = team_size_for(B * GH * (H + (x ? I : 0)));
 
   run_team(threads, [&](int tid, int team, StepBarrier& barrier) {
     const int64_t per_tile = blocks_per_tile(nub, G, team);
     for (int64_t s = run.s_begin; s < run.s_end; ++s) {
       const int64_t t = time_of(s, T_, run.reverse), rows = rows_at(run.rows, t, B);
-      ForwardStep<T> step{gx + (t - run.gx_t0) * B * GH, hbuf + (s & 1) * B * H,
+      ForwardStep<T> step{gx ? gx + (t - run.gx_t0) * B * GH : nullptr, static_cast<const T*>(run.bias),
+                          gates ? gates + t * B * GH : nullptr, hbuf + (s & 1) * B * H,
                           hbuf + ((s + 1) & 1) * B * H, out + t * B * H,
                           static_cast<T*>(run.c), saved ? saved + t * B * saved_row : nullptr,
                           static_cast<const T*>(run.b_hn), H};
+      const T* const x_t = x ? x + t * B * I : nullptr;
       const Tiling tiling(nub, per_tile, rows, static_cast<int>(std::min<int64_t>(per_tile * G, kMaxVectors)));
       int64_t begin, end;
       split_range(tiling.tasks(), tid, team, begin, end);
@@ -88,7 +97,14 @@ void forward_impl(const ForwardRun& run) {
           const T* b[NV];
           for (int v = 0; v < NV; ++v) b[v] = panels + (b0 + v / G) * H * G * W + (v % G) * W;
           Vec<T> acc[R][NV];
-          accumulate<R, NV>(step.h_prev + r0 * H, H, H, b, G * W, acc, true);
+          if constexpr (Cell::kSumsInputAndState) {
+            if (x_t) {  // the fused input projection: x_t W_ih^T into the same registers
+              const T* bx[NV];
+              for (int v = 0; v < NV; ++v) bx[v] = x_panels + (b0 + v / G) * I * G * W + (v % G) * W;
+              accumulate<R, NV>(x_t + r0 * I, I, I, bx, G * W, acc, true);
+            }
+          }
+          accumulate<R, NV>(step.h_prev + r0 * H, H, H, b, G * W, acc, !x_t);
           for (int r = 0; r < R; ++r)
             for (int q = 0; q < NV / G; ++q) {
               const int64_t u = (b0 + q) * W;
@@ -260,10 +276,10 @@ bool engine_supports(const at::Tensor& input) {
          input.dim() == 3 && input.size(0) >= kMinEngineSteps;
 }
 
-at::Tensor pack_forward_weight(const at::Tensor& w_hh, int64_t gates) {
-  const at::Tensor w = w_hh.contiguous();
-  TORCH_CHECK(w.dim() == 2 && w.size(0) == gates * w.size(1), "fastseq recurrent engine: w_hh must be [",
-              gates, " * H, H], got ", w.sizes());
+at::Tensor pack_forward_weight(const at::Tensor& weight, int64_t gates) {
+  const at::Tensor w = weight.contiguous();
+  TORCH_CHECK(w.dim() == 2 && w.size(0) % gates == 0, "fastseq recurrent engine: the weight must be [",
+              gates, " * H, K], got ", w.sizes());
   return w.scalar_type() == at::kDouble ? pack_forward_typed<double>(w, gates) : pack_forward_typed<float>(w, gates);
 }
 
@@ -272,15 +288,85 @@ at::Tensor pack_backward_weight(const at::Tensor& w_hh) {
   return w.scalar_type() == at::kDouble ? pack_backward_typed<double>(w) : pack_backward_typed<float>(w);
 }
 
-void run_forward(const ForwardRun& run, c10::ScalarType dtype) {
-  check_packed(run.packed, dtype, "the packed forward weight");
-  const int64_t G = gate_count(run.kind);
-  const int64_t W = dtype == at::kDouble ? kW<double> : kW<float>;
-  TORCH_CHECK(run.packed->numel() == (run.H + W - 1) / W * run.H * G * W,
-              "fastseq recurrent engine: packed forward weight has ", run.packed->numel(), " elements");
+namespace {
+
+std::atomic<int>& input_projection_mode() {
+  static std::atomic<int> mode{static_cast<int>(InputProjection::kAuto)};
+  return mode;
+}
+
+// Without the fused projection, the input projection of this many bytes of steps at a time:
+// a bounded buffer that malloc reuses (no fresh pages per call) and GEMMs of hundreds of
+// rows (1 MB chunks measured 3-8% slower than 8 MB at LSTM B=64, H=256).
+constexpr int64_t kChunkBytes = int64_t(8) << 20;
+
+// The cost model of the fused input projection. Fused, a step's micro-kernel reads
+// [x_t | h_{t-1}] against [W_ih | W_hh]: no [T, B, G*H] buffer to write and read back, no
+// separate GEMM, but each thread's weight panels grow by I / H and must still stay in its L2
+// across steps, and each loaded weight vector is reused by only B rows (the large GEMM
+// reuses it over T * B rows). So: enough rows to reuse the weights, and panels that fit.
+constexpr int64_t kFuseMinRows = 16;
+constexpr int64_t kFuseMaxPanelBytes = int64_t(1) << 20;
+
+bool fuse_input_projection(CellKind kind, int64_t B, int64_t I, int64_t H, int64_t elem_size) {
+  const auto mode = static_cast<InputProjection>(input_projection_mode().load(std::memory_order_relaxed));
+  if (kind == CellKind::kGru || mode == InputProjection::kGemm) return false;
+  if (mode == InputProjection::kFused) return true;
+  const int64_t G = gate_count(kind);
+  const int team = team_size_for(B * G * H * (H + I));
+  const int64_t panel_bytes = (I + H) * G * H / team * elem_size;
+  return B >= kFuseMinRows && panel_bytes <= kFuseMaxPanelBytes;
+}
+
+void run_steps(const ForwardRun& run, c10::ScalarType dtype) {
   if (run.B == 0 || run.H == 0 || run.s_begin >= run.s_end) return;
   if (dtype == at::kDouble) forward_typed<double>(run);
   else forward_typed<float>(run);
+}
+
+}  // namespace
+
+void set_input_projection(InputProjection mode) { input_projection_mode().store(static_cast<int>(mode)); }
+InputProjection get_input_projection() { return static_cast<InputProjection>(input_projection_mode().load()); }
+
+at::Tensor forward_sequence(ForwardRun run, const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                            bool keep_gates) {
+  const c10::ScalarType dtype = x.scalar_type();
+  const int64_t T = run.T, B = run.B, I = x.size(2), G = gate_count(run.kind), GH = G * run.H;
+  TORCH_CHECK(x.dim() == 3 && x.size(0) == T && x.size(1) == B && x.is_contiguous(),
+              "fastseq recurrent engine: x must be a contiguous [", T, ", ", B, ", I] tensor, got ", x.sizes());
+  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) == GH && w_ih.size(1) == I && w_ih.scalar_type() == dtype,
+              "fastseq recurrent engine: w_ih must be a ", dtype, " [", GH, ", ", I, "] tensor, got ",
+              w_ih.scalar_type(), " ", w_ih.sizes());
+  TORCH_CHECK(!keep_gates || run.kind == CellKind::kLstm, "fastseq recurrent engine: keep_gates is LSTM's");
+  const at::Tensor packed = pack_forward_weight(w_hh, G);
+  run.packed = &packed;
+  at::Tensor gates = keep_gates ? at::empty({T, B, GH}, x.options()) : at::empty({0}, x.options());
+  run.gates = keep_gates ? gates.data_ptr() : nullptr;
+  if (fuse_input_projection(run.kind, B, I, run.H, x.element_size())) {
+    const at::Tensor packed_x = pack_forward_weight(w_ih, G);
+    run.x = x.data_ptr(), run.I = I, run.packed_x = &packed_x;
+    run.s_begin = 0, run.s_end = T;
+    run_steps(run, dtype);
+    return gates;
+  }
+  const at::Tensor x2d = x.view({T * B, I});
+  if (keep_gates) {  // one GEMM over all steps, into the buffer the gates will overwrite
+    gates = linear_nt(x2d, w_ih).view({T, B, GH});
+    run.gx = run.gates = gates.data_ptr();
+    run.s_begin = 0, run.s_end = T;
+    run_steps(run, dtype);
+    return gates;
+  }
+  const int64_t chunk = std::clamp<int64_t>(kChunkBytes / std::max<int64_t>(1, B * GH * x.element_size()), 1, T);
+  for (int64_t s0 = 0; s0 < T; s0 += chunk) {
+    const int64_t n = std::min(chunk, T - s0), lo = run.reverse ? T - s0 - n : s0;
+    const at::Tensor gx = linear_nt(x2d.narrow(0, lo * B, n * B), w_ih);
+    run.gx = gx.data_ptr(), run.gx_t0 = lo;
+    run.s_begin = s0, run.s_end = s0 + n;
+    run_steps(run, dtype);
+  }
+  return gates;
 }
 
 void run_backward(const BackwardRun& run, c10::ScalarType dtype) {

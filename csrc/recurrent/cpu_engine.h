@@ -3,8 +3,9 @@
 // h_{t-1} W_hh^T on the register-blocked micro-kernel (cpu_step_gemm.h) with the cell's gate
 // math applied to the accumulators in registers (forward), or the cell's pointwise backward
 // and dh_{t-1} = dG_t W_hh (backward), all steps inside one parallel region whose threads
-// own fixed tiles of units (cpu_team.h). The input projection and the weight gradients stay
-// large GEMMs over all steps in the callers (lstm_layer.cpp, gru_rnn_loops.cpp).
+// own fixed tiles of units (cpu_team.h). The forward's input projection is the engine's too
+// (large GEMMs over chunks of steps, or accumulated in the step's micro-kernel); the weight
+// gradients stay large GEMMs over all steps in the callers (lstm_layer.cpp, gru_rnn_loops.cpp).
 //
 // Covered: CPU float32 and float64, no LSTM projection (proj_size); callers keep their
 // generic per-step loop for other cases (bfloat16, CUDA, proj_size > 0).
@@ -31,33 +32,55 @@ constexpr int64_t gate_count(CellKind kind) {
 constexpr int64_t kMinEngineSteps = 4;
 bool engine_supports(const at::Tensor& input);
 
-// W_hh [G*H, H] in the layouts of the two step GEMMs (gate columns of one unit block side by
-// side for forward; column panels of the hidden state for backward).
-at::Tensor pack_forward_weight(const at::Tensor& w_hh, int64_t gates);
+// A weight [G*H, K] (W_hh, or W_ih for the fused input projection) in the layout of the
+// forward step GEMM (gate columns of one unit block side by side), and W_hh [G*H, H] in the
+// backward's (column panels of the hidden state).
+at::Tensor pack_forward_weight(const at::Tensor& weight, int64_t gates);
 at::Tensor pack_backward_weight(const at::Tensor& w_hh);
 
-// Processing steps [s_begin, s_end) of a T-step sequence (time t = s, or T-1-s in reverse).
-// All buffers are contiguous with row stride as noted; rows[t] = active rows at time t
-// (sorted sequences, non-increasing; nullptr: all B).
+// One layer direction forward, processing steps [s_begin, s_end) of a T-step sequence (time
+// t = s, or T-1-s in reverse). All buffers are contiguous with row stride as noted;
+// rows[t] = active rows at time t (sorted sequences, non-increasing; nullptr: all B).
+// The caller fills the fields down to `b_hn`; forward_sequence sets the rest.
 struct ForwardRun {
   CellKind kind;
   int64_t T, B, H;
   const int64_t* rows;
   bool reverse;
-  int64_t s_begin, s_end;
-  void* gx;            // [.., B, G*H] pre-activations of times gx_t0...: x W_ih^T + biases
-                       // (GRU: all but b_hn); LSTM overwrites them with the activated gates
-                       // when `saved` is set (what backward reads)
-  int64_t gx_t0;
   void* h;             // [2, B, H] the state before step s is h[s % 2]; the caller fills
-                       // h[s_begin % 2] (h0 at s = 0) and reads h[s_end % 2]
+                       // h[0] with h0 and reads h[T % 2]
   void* c;             // LSTM [B, H] cell state, updated in place
   void* out;           // [T, B, H] outputs (rows >= rows[t] untouched: the caller zeroes them)
   void* saved;         // training: LSTM cells [T, B, H] (inactive rows carry c),
                        // GRU [T, B, 4H] (r, z, n, W_hn h + b_hn); nullptr: inference
+  const void* bias;    // [G*H] added to the input projection (LSTM/RNN b_ih + b_hh, GRU b_ih
+                       // plus b_hr, b_hz), or nullptr
   const void* b_hn;    // GRU [H] the recurrent bias of the n gate
-  const at::Tensor* packed;  // pack_forward_weight(w_hh, G)
+
+  int64_t s_begin = 0, s_end = 0;
+  const void* gx = nullptr;  // [.., B, G*H] x W_ih^T of times gx_t0..., or nullptr when the
+  int64_t gx_t0 = 0;         // steps accumulate x_t W_ih^T themselves (packed_x)
+  const void* x = nullptr;   // [T, B, I] with packed_x = pack_forward_weight(w_ih, G)
+  int64_t I = 0;
+  const at::Tensor* packed_x = nullptr;
+  void* gates = nullptr;     // LSTM training: [T, B, 4H] activated gates (what backward reads)
+  const at::Tensor* packed = nullptr;  // pack_forward_weight(w_hh, G)
 };
+
+// Runs `run` over the whole sequence: the input projection, either as large GEMMs over
+// chunks of steps (common/gemm.h) or accumulated inside each step's micro-kernel with the
+// recurrent term (LSTM / RNN, where the step's GEMM is large enough: see
+// fuse_input_projection), then every step. x [T, B, I] contiguous, w_ih [G*H, I], w_hh
+// [G*H, H]. keep_gates (LSTM training): returns the activated gates [T, B, 4H]; otherwise
+// an empty tensor.
+at::Tensor forward_sequence(ForwardRun run, const at::Tensor& x, const at::Tensor& w_ih,
+                            const at::Tensor& w_hh, bool keep_gates);
+
+// How the input projection runs: kAuto (the cost model), kFused (in the steps, where the
+// cell allows it) or kGemm (large GEMMs). Exposed as fastseq._C.set_recurrent_engine_settings.
+enum class InputProjection { kAuto = 0, kFused = 1, kGemm = 2 };
+void set_input_projection(InputProjection mode);
+InputProjection get_input_projection();
 
 struct BackwardRun {
   CellKind kind;
@@ -80,8 +103,6 @@ struct BackwardRun {
   int64_t buf_t0;
   const at::Tensor* packed;    // pack_backward_weight(w_hh)
 };
-
-void run_forward(const ForwardRun& run, c10::ScalarType dtype);
 
 // The cost model's one constant: multiply-adds per thread and step below which a thread is
 // not worth its barrier (cpu_team.h). Exposed as fastseq._C.set_recurrent_engine_settings.
