@@ -49,6 +49,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "engine uses fewer threads (1: every available thread at every size; default 8192). "
         "input_projection: \"auto\" (the cost model), \"fused\" (LSTM / RNN: x_t W_ih^T accumulated "
         "in each step's micro-kernel) or \"gemm\" (large GEMMs over chunks of steps)");
+  m.def("recurrent_engine_runs_bfloat16", &fastseq::recurrent::engine_runs_bfloat16, py::arg("input"),
+        py::arg("hidden_size"),
+        "True when an LSTM layer's bfloat16 inference on this input runs natively in bfloat16 on the "
+        "CPU engine (oneDNN bfloat16 brgemm: AMX / AVX512-BF16); otherwise it computes in float32");
   m.def("cpu_gemm_backend", &fastseq::cpu_gemm_backend,
         "The library running large CPU float32 GEMMs now: \"onednn\" or \"aten\"");
   m.attr("compiler") = py::str(

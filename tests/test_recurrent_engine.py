@@ -170,6 +170,52 @@ def test_bfloat16_error_at_most_twice_torchs(kind):
         assert err_fast <= 2 * err_torch, (i, err_fast, err_torch)
 
 
+NATIVE_BF16 = fastseq._C.recurrent_engine_runs_bfloat16(torch.zeros(4, 1, 1, dtype=torch.bfloat16), 2)
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason="no bfloat16 brgemm (AMX / AVX512-BF16) on this CPU or build")
+@pytest.mark.parametrize("T,B,I,H,cfg", [(20, 8, 32, 64, {}), (9, 1, 3, 2, {}), (6, 5, 7, 18, {"bidirectional": True}),
+                                         (12, 33, 16, 100, {"num_layers": 2}), (5, 3, 4, 6, {"batch_first": True})])
+def test_bfloat16_inference_runs_natively_within_twice_torchs_error(T, B, I, H, cfg):
+    """LSTM inference in bfloat16 on the engine's bfloat16 steps (oneDNN brgemm): output and
+    final states at most twice the error of torch's own bfloat16 LSTM against float64, in
+    bfloat16, for odd and even sizes, B = 1, bidirectional, stacked and batch_first."""
+    ref, fast = make_pair("lstm", I, H, **cfg)
+    x = torch.randn(*((B, T) if cfg.get("batch_first") else (T, B)), I)
+    assert fastseq._C.recurrent_engine_runs_bfloat16(x.bfloat16().transpose(0, 1) if cfg.get("batch_first")
+                                                     else x.bfloat16(), H)
+    with torch.no_grad():
+        exact = ref.double()(x.double())
+        got_torch = ref.bfloat16()(x.bfloat16())
+        got_fast = fast.bfloat16()(x.bfloat16())
+    for e, a, b in zip([exact[0], *exact[1]], [got_torch[0], *got_torch[1]], [got_fast[0], *got_fast[1]]):
+        assert b.dtype == torch.bfloat16 and b.shape == a.shape
+        err_torch = (a.double() - e).abs().max().item()
+        err_fast = (b.double() - e).abs().max().item()
+        assert err_fast <= 2 * err_torch + 1e-3, (err_fast, err_torch)
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason="no bfloat16 brgemm (AMX / AVX512-BF16) on this CPU or build")
+def test_bfloat16_inference_packed_sequences_and_nan():
+    """The bfloat16 steps carry the state of finished rows (packed sequences, both directions)
+    and let a NaN in the input reach the outputs it feeds, as torch's bfloat16 LSTM does."""
+    ref, fast = make_pair("lstm", 6, 20, num_layers=2, bidirectional=True)
+    x = torch.randn(11, 9, 6)
+    lengths = torch.tensor([11, 1, 7, 3, 11, 9, 2, 5, 4])
+    packed = pack_padded_sequence(x.bfloat16(), lengths, enforce_sorted=False)
+    with torch.no_grad():
+        exact, (h_e, c_e) = ref.double()(pack_padded_sequence(x.double(), lengths, enforce_sorted=False))
+        got, (h_f, c_f) = fast.bfloat16()(packed)
+    torch.testing.assert_close(pad_packed_sequence(got)[0].double(), pad_packed_sequence(exact)[0], atol=3e-2, rtol=0)
+    torch.testing.assert_close(h_f.double(), h_e, atol=3e-2, rtol=0)
+    torch.testing.assert_close(c_f.double(), c_e, atol=3e-2, rtol=0)
+    x[3, 2, 1] = float("nan")
+    with torch.no_grad():
+        a = ref.bfloat16()(x.bfloat16())[0]
+        b = fast(x.bfloat16())[0]
+    assert torch.equal(a.isnan(), b.isnan())
+
+
 @pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell", "RNNCell"])
 def test_cells_with_parametrized_weights_match_torch(cls):
     """A cell whose weight lives outside _parameters (torch.nn.utils.parametrize) reads it

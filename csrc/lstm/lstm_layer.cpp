@@ -76,7 +76,8 @@ std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& inp
   at::Tensor output = batch_sizes ? at::zeros({T, B, P}, opts) : at::empty({T, B, P}, opts);
   at::Tensor cells = save_for_backward ? at::empty({T, B, H}, opts) : at::empty({0}, opts);
   at::Tensor c_state = c0.clone(at::MemoryFormat::Contiguous);
-  if (!proj && recurrent::engine_supports(input)) {
+  if (!proj && (recurrent::engine_supports(input) ||
+                (!save_for_backward && recurrent::engine_runs_bfloat16(input, H)))) {
     // The sequence engine: the input projection and every step (recurrent/cpu_engine.h).
     const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
     TORCH_CHECK(!b.defined() || (b.numel() == G && b.scalar_type() == input.scalar_type()),

@@ -13,6 +13,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
@@ -324,6 +325,32 @@ void run_steps(const ForwardRun& run, c10::ScalarType dtype) {
   else forward_typed<float>(run);
 }
 
+// bfloat16 LSTM inference: the input projection as bfloat16 GEMMs over chunks of steps, the
+// steps on brgemm (cpu_engine_bfloat16.cpp) with the bias and the cell state in float32.
+at::Tensor forward_sequence_bfloat16(ForwardRun run, const at::Tensor& x, const at::Tensor& w_ih,
+                                     const at::Tensor& w_hh) {
+  const int64_t T = run.T, B = run.B, H = run.H, I = x.size(2), GH = 4 * H;
+  TORCH_CHECK(run.kind == CellKind::kLstm && engine_runs_bfloat16(x, H),
+              "fastseq recurrent engine: bfloat16 runs LSTM inference with H even on CPUs with bfloat16 brgemm");
+  const auto f32 = x.options().dtype(at::kFloat);
+  const at::Tensor packed = pack_forward_weight_bfloat16(w_hh);
+  const at::Tensor bias = run.bias ? at::from_blob(const_cast<void*>(run.bias), {GH}, x.options()).to(at::kFloat)
+                                   : at::zeros({GH}, f32);
+  at::Tensor c_state = at::from_blob(run.c, {B, H}, x.options());
+  at::Tensor c = c_state.to(at::kFloat);
+  const at::Tensor x2d = x.view({T * B, I});
+  const int64_t chunk = std::clamp<int64_t>(kChunkBytes / std::max<int64_t>(1, B * GH * x.element_size()), 1, T);
+  for (int64_t s0 = 0; s0 < T; s0 += chunk) {
+    const int64_t n = std::min(chunk, T - s0), lo = run.reverse ? T - s0 - n : s0;
+    const at::Tensor gx = linear_nt(x2d.narrow(0, lo * B, n * B), w_ih);
+    run.gx = gx.data_ptr(), run.gx_t0 = lo;
+    run.s_begin = s0, run.s_end = s0 + n;
+    if (B > 0 && H > 0) forward_bfloat16_lstm(run, packed, bias.data_ptr<float>(), c.data_ptr<float>());
+  }
+  c_state.copy_(c);
+  return at::empty({0}, x.options());
+}
+
 }  // namespace
 
 void set_input_projection(InputProjection mode) { input_projection_mode().store(static_cast<int>(mode)); }
@@ -339,6 +366,7 @@ at::Tensor forward_sequence(ForwardRun run, const at::Tensor& x, const at::Tenso
               "fastseq recurrent engine: w_ih must be a ", dtype, " [", GH, ", ", I, "] tensor, got ",
               w_ih.scalar_type(), " ", w_ih.sizes());
   TORCH_CHECK(!keep_gates || run.kind == CellKind::kLstm, "fastseq recurrent engine: keep_gates is LSTM's");
+  if (dtype == at::kBFloat16) return forward_sequence_bfloat16(run, x, w_ih, w_hh);
   const at::Tensor packed = pack_forward_weight(w_hh, G);
   run.packed = &packed;
   at::Tensor gates = keep_gates ? at::empty({T, B, GH}, x.options()) : at::empty({0}, x.options());

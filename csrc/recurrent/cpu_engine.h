@@ -76,6 +76,16 @@ struct ForwardRun {
 at::Tensor forward_sequence(ForwardRun run, const at::Tensor& x, const at::Tensor& w_ih,
                             const at::Tensor& w_hh, bool keep_gates);
 
+// bfloat16 LSTM inference on the engine (cpu_engine_bfloat16.cpp): CPU bfloat16 [T, B, I]
+// input, T >= kMinEngineSteps, H even, and oneDNN's bfloat16 brgemm usable on this CPU (AMX or
+// AVX512-BF16) in an AVX-512 build. Elsewhere bfloat16 layers compute in float32.
+bool engine_runs_bfloat16(const at::Tensor& input, int64_t hidden_size);
+bool bfloat16_brgemm_available();
+at::Tensor pack_forward_weight_bfloat16(const at::Tensor& w_hh);
+// The steps [run.s_begin, run.s_end) with run.gx set; bias [4H] and the cell state c [B, H]
+// in float32.
+void forward_bfloat16_lstm(const ForwardRun& run, const at::Tensor& packed, const float* bias, float* c);
+
 // How the input projection runs: kAuto (the cost model), kFused (in the steps, where the
 // cell allows it) or kGemm (large GEMMs). Exposed as fastseq._C.set_recurrent_engine_settings.
 enum class InputProjection { kAuto = 0, kFused = 1, kGemm = 2 };

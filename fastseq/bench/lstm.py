@@ -10,23 +10,27 @@ from . import flops, recurrent_grid
 from .harness import BenchCase
 from .recurrent_grid import LayerShape
 
-OPS = ("lstm", "lstm_cell")
+OPS = ("lstm", "lstm_cell", "lstm_bf16")
+# bfloat16 layers (full suite): module and input in bfloat16 on both sides.
+BF16_GRID = [LayerShape(100, B, H) for B in (1, 8, 64) for H in (64, 256)] + [LayerShape(35, 64, 512)]
+BF16_NOTE = {"infer": "bfloat16 steps on oneDNN brgemm (AMX / AVX512-BF16) where the CPU has it, else float32 compute",
+             "train": "computes in float32 (bfloat16 inputs and outputs): no bfloat16 backward yet"}
 # Suite "scaling": one of T, B, H varied around T=100 B=16 H=128, one layer.
 SCALING_BASE = dict(T=100, B=16, H=128)
 SCALING_AXES = dict(T=(25, 50, 100, 200, 400), B=(1, 4, 16, 64), H=(64, 128, 256, 512))
 
 
-def _layer_setup(shape, mode, device):
+def _layer_setup(shape, mode, device, dtype=torch.float32):
     T, B, H, L = shape.T, shape.B, shape.H, shape.L
     kw = dict(num_layers=L, bidirectional=shape.bidirectional, batch_first=shape.batch_first)
 
     def setup():
         torch.manual_seed(0)
-        ref = torch.nn.LSTM(H, H, **kw).to(device)
+        ref = torch.nn.LSTM(H, H, **kw).to(device, dtype)
         from ..nn import LSTM
-        fast = LSTM(H, H, **kw).to(device)
+        fast = LSTM(H, H, **kw).to(device, dtype)
         fast.load_state_dict(ref.state_dict())
-        x = torch.randn(B, T, H, device=device) if shape.batch_first else torch.randn(T, B, H, device=device)
+        x = (torch.randn(B, T, H, device=device) if shape.batch_first else torch.randn(T, B, H, device=device)).to(dtype)
 
         def make(module):
             params = list(module.parameters())
@@ -39,7 +43,7 @@ def _layer_setup(shape, mode, device):
 
             def run():
                 out, (h, c) = module(xg)
-                loss = out.sum() + h.sum()
+                loss = out.float().sum() + h.float().sum()
                 return [out.detach(), *torch.autograd.grad(loss, [xg] + params)]
             return run
         return make(ref), make(fast)
@@ -97,6 +101,12 @@ def cases(suite, device):
                      flops=flops.recurrent("lstm", shape.T, shape.B, shape.H, shape.H, shape.L, mode,
                                            2 if shape.bidirectional else 1),
                      dims=shape.dims()) for shape, mode in grid]
+    if suite == "full":
+        out += [BenchCase("lstm_bf16", shape.label(), mode, "torch.nn.LSTM bf16",
+                          _layer_setup(shape, mode, device, torch.bfloat16),
+                          flops=flops.recurrent("lstm", shape.T, shape.B, shape.H, shape.H, shape.L, mode),
+                          dims=shape.dims(), note=BF16_NOTE[mode])
+                for mode in ("infer", "train") for shape in BF16_GRID]
     out += [BenchCase("lstm_cell", f"one step B={B} I=H={H}", mode, "torch.nn.LSTMCell",
                       _cell_setup(B, H, mode, device), flops=flops.recurrent("lstm", 1, B, H, H, 1, mode),
                       dims=dict(B=B, H=H)) for B, H, mode in cells]

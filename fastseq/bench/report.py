@@ -17,7 +17,8 @@ def geomean(values):
 
 def case_record(r, machine) -> Dict:
     """One entry of the JSON `cases` list (times in ms, spreads in % of the median)."""
-    peak = machine["gemm_peak_gflops"]
+    # bfloat16 cases against the bfloat16 GEMM rate (torch.mm bf16 at 1024^2: AMX where present).
+    peak = machine.get("gemm_bf16_gflops") if r.case.op.endswith("_bf16") else machine["gemm_peak_gflops"]
     fast_gflops, ref_gflops = r.gflops(r.fast_ms), r.gflops(r.ref_ms)
     return {
         "op": r.case.op, "mode": r.case.mode, "case": r.case.label, "reference": r.case.reference,

@@ -128,8 +128,15 @@ class _LSTMLayerFunction(torch.autograd.Function):
         return _layer_grads(ctx, _C.lstm_layer_backward, grad_output, grad_h_n, grad_c_n)
 
 
+def _runs_bfloat16(x, state, weights, *rest):
+    """LSTM inference that the engine runs in bfloat16 itself (no projection, no autograd,
+    not being traced by torch.compile)."""
+    return (not torch.is_grad_enabled() and weights[4] is None and not use_custom_op(x)
+            and _C.recurrent_engine_runs_bfloat16(x, state[1].shape[-1]))
+
+
 @autocast_as("lstm")
-@bfloat16_in_float32_on_cpu
+@bfloat16_in_float32_on_cpu(native=_runs_bfloat16)
 def lstm_layer(x: Tensor, state: Tuple[Tensor, Tensor], weights: tuple,
                batch_sizes: Optional[Tensor] = None, reverse: bool = False):
     """The layer_fn of fastseq.nn._recurrent: (out [T, B, P], (h_n, c_n)).

@@ -1,0 +1,159 @@
+// The bfloat16 LSTM inference steps of the CPU sequence engine on oneDNN's brgemm micro-kernels
+// (at::native::cpublas, AMX or AVX512-BF16 where the CPU has them: the library chooses at run
+// time). Per step and thread, for each of its blocks of 16 units: one brgemm h_{t-1} [rows, H]
+// (bfloat16) x the block's packed W_hh panel [H, 4 x 16] (VNNI) into a float32 tile, then the
+// gate math on that tile while it is in L1, with the cell state in float32; h is rounded to
+// bfloat16 (torch's bf16 LSTM rounds it too: the next step's GEMM reads bfloat16).
+// The input projection is one bfloat16 GEMM per chunk of steps (cpu_engine.cpp).
+#include "common/cpu_vec.h"  // first: picks the at::vec ISA
+
+#include "recurrent/cpu_engine.h"
+
+#include <ATen/native/CPUBlas.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/cpu_activations.h"
+#include "lstm/lstm_math.h"
+#include "recurrent/cpu_team.h"
+
+#if defined(CPU_CAPABILITY_AVX512)
+#include <immintrin.h>
+#endif
+
+namespace fastseq {
+namespace recurrent {
+
+#if defined(CPU_CAPABILITY_AVX512)
+namespace {
+
+namespace cpublas = at::native::cpublas;
+using V = at::vec::Vectorized<float>;
+using bf16 = c10::BFloat16;
+constexpr int64_t kUnits = 16;             // units per block: one float vector per gate
+constexpr int64_t kPanel = 4 * kUnits;     // the block's columns, gates i, f, g, o side by side
+
+inline __mmask16 lanes(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
+
+// n (<= 16) bfloat16 values -> float lanes (the rest 0).
+inline V load_bf16(const bf16* p, int n) {
+  const __m256i raw = _mm256_maskz_loadu_epi16(lanes(n), p);
+  return V(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16)));
+}
+
+// Rounds to nearest even (NaN stays NaN: c10::BFloat16's conversion) and stores n lanes.
+inline void store_bf16(bf16* p, const V& v, int n) {
+  const __m512 x = v;
+  const __m512i bits = _mm512_castps_si512(x);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  rounded = _mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7fc0));
+  _mm256_mask_storeu_epi16(p, lanes(n), _mm512_cvtepi32_epi16(rounded));
+}
+
+}  // namespace
+
+bool bfloat16_brgemm_available() {
+  static const bool available = [] {
+    try {
+      return cpublas::could_pack(at::kBFloat16);
+    } catch (...) {
+      return false;
+    }
+  }();
+  return available;
+}
+
+at::Tensor pack_forward_weight_bfloat16(const at::Tensor& w_hh) {
+  const at::Tensor w = w_hh.contiguous();
+  const int64_t H = w.size(1), nub = (H + kUnits - 1) / kUnits;
+  TORCH_CHECK(w.scalar_type() == at::kBFloat16 && w.size(0) == 4 * H && H % 2 == 0,
+              "fastseq recurrent engine: bfloat16 w_hh must be [4 * H, H] with H even, got ", w.sizes());
+  at::Tensor packed = at::empty({nub, H, kPanel}, w.options());
+  const bf16* src = w.data_ptr<bf16>();
+  bf16* dst = packed.data_ptr<bf16>();
+  at::parallel_for(0, nub, 1, [&](int64_t ub0, int64_t ub1) {
+    std::vector<bf16> panel(H * kPanel);
+    for (int64_t ub = ub0; ub < ub1; ++ub) {
+      std::fill(panel.begin(), panel.end(), bf16(0.f));
+      const int64_t n = std::min(kUnits, H - ub * kUnits);
+      for (int64_t q = 0; q < 4; ++q)
+        for (int64_t j = 0; j < n; ++j) {
+          const bf16* row = src + (q * H + ub * kUnits + j) * H;  // weights of one gate column
+          for (int64_t k = 0; k < H; ++k) panel[k * kPanel + q * kUnits + j] = row[k];
+        }
+      cpublas::pack(H, kPanel, kPanel, kPanel, at::kBFloat16, at::kBFloat16, panel.data(), dst + ub * H * kPanel);
+    }
+  });
+  return packed;
+}
+
+void forward_bfloat16_lstm(const ForwardRun& run, const at::Tensor& packed, const float* bias, float* c) {
+  const int64_t T_ = run.T, B = run.B, H = run.H, GH = 4 * H, nub = (H + kUnits - 1) / kUnits;
+  const bf16* const gx = static_cast<const bf16*>(run.gx);
+  bf16* const hbuf = static_cast<bf16*>(run.h);
+  bf16* const out = static_cast<bf16*>(run.out);
+  const bf16* const panels = packed.data_ptr<bf16>();
+  const int threads = team_size_for(B * GH * H);
+  run_team(threads, [&](int tid, int team, StepBarrier& barrier) {
+    std::vector<float> tile(B * kPanel);
+    int64_t ub0, ub1;
+    split_range(nub, tid, team, ub0, ub1);
+    for (int64_t s = run.s_begin; s < run.s_end; ++s) {
+      const int64_t t = run.reverse ? T_ - 1 - s : s, rows = run.rows ? run.rows[t] : B;
+      const bf16* h_prev = hbuf + (s & 1) * B * H;
+      bf16* h_next = hbuf + ((s + 1) & 1) * B * H;
+      const bf16* g_t = gx + (t - run.gx_t0) * B * GH;
+      for (int64_t ub = ub0; ub < ub1; ++ub) {
+        const int64_t u = ub * kUnits;
+        const int n = static_cast<int>(std::min(kUnits, H - u));
+        if (rows < B)  // rows not started (reverse) or finished: their state carries over
+          for (int64_t r = rows; r < B; ++r) std::memcpy(h_next + r * H + u, h_prev + r * H + u, n * sizeof(bf16));
+        if (rows == 0) continue;
+        cpublas::brgemm(rows, kPanel, H, H, kPanel, kPanel, false, h_prev, panels + ub * H * kPanel, tile.data(), true);
+        const V bi = V::loadu(bias + u, n), bf = V::loadu(bias + H + u, n), bg = V::loadu(bias + 2 * H + u, n),
+                bo = V::loadu(bias + 3 * H + u, n);
+        for (int64_t r = 0; r < rows; ++r) {
+          const float* acc = tile.data() + r * kPanel;
+          const bf16* g = g_t + r * GH + u;
+          V i = V::loadu(acc) + load_bf16(g, n) + bi, f = V::loadu(acc + kUnits) + load_bf16(g + H, n) + bf,
+            gg = V::loadu(acc + 2 * kUnits) + load_bf16(g + 2 * H, n) + bg,
+            o = V::loadu(acc + 3 * kUnits) + load_bf16(g + 3 * H, n) + bo, c_new, h;
+          float* cp = c + r * H + u;
+          lstm::gates_forward<VecActivations>(i, f, gg, o, V::loadu(cp, n), c_new, h);
+          c_new.store(cp, n);
+          store_bf16(out + t * B * H + r * H + u, h, n);
+          store_bf16(h_next + r * H + u, h, n);
+        }
+      }
+      barrier.wait();
+    }
+    cpublas::brgemm_release(true);
+  });
+}
+
+#else  // no AVX-512 in this build (FASTSEQ_PORTABLE=1 or another ISA): bfloat16 computes in float32
+
+bool bfloat16_brgemm_available() { return false; }
+at::Tensor pack_forward_weight_bfloat16(const at::Tensor&) {
+  TORCH_CHECK(false, "fastseq recurrent engine: this build has no bfloat16 steps");
+}
+void forward_bfloat16_lstm(const ForwardRun&, const at::Tensor&, const float*, float*) {
+  TORCH_CHECK(false, "fastseq recurrent engine: this build has no bfloat16 steps");
+}
+
+#endif
+
+bool engine_runs_bfloat16(const at::Tensor& input, int64_t hidden_size) {
+  return input.is_cpu() && input.scalar_type() == at::kBFloat16 && input.dim() == 3 &&
+         input.size(0) >= kMinEngineSteps && hidden_size % 2 == 0 && hidden_size > 0 && bfloat16_brgemm_available();
+}
+
+}  // namespace recurrent
+}  // namespace fastseq
