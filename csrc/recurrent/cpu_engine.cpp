@@ -325,11 +325,27 @@ void run_steps(const ForwardRun& run, c10::ScalarType dtype) {
   else forward_typed<float>(run);
 }
 
+// The input projection without keeping it: per chunk of steps (kChunkBytes of projections)
+// one GEMM x W_ih^T into a buffer, then steps(run) over the chunk with run.gx pointing there.
+template <class Steps>
+void project_by_chunks(ForwardRun& run, const at::Tensor& x, const at::Tensor& w_ih, const Steps& steps) {
+  const int64_t T = run.T, B = run.B, I = x.size(2), GH = w_ih.size(0);
+  const at::Tensor x2d = x.view({T * B, I});
+  const int64_t chunk = std::clamp<int64_t>(kChunkBytes / std::max<int64_t>(1, B * GH * x.element_size()), 1, T);
+  for (int64_t s0 = 0; s0 < T; s0 += chunk) {
+    const int64_t n = std::min(chunk, T - s0), lo = run.reverse ? T - s0 - n : s0;
+    const at::Tensor gx = linear_nt(x2d.narrow(0, lo * B, n * B), w_ih);
+    run.gx = gx.data_ptr(), run.gx_t0 = lo;
+    run.s_begin = s0, run.s_end = s0 + n;
+    steps(run);
+  }
+}
+
 // bfloat16 LSTM inference: the input projection as bfloat16 GEMMs over chunks of steps, the
 // steps on brgemm (cpu_engine_bfloat16.cpp) with the bias and the cell state in float32.
 at::Tensor forward_sequence_bfloat16(ForwardRun run, const at::Tensor& x, const at::Tensor& w_ih,
                                      const at::Tensor& w_hh) {
-  const int64_t T = run.T, B = run.B, H = run.H, I = x.size(2), GH = 4 * H;
+  const int64_t B = run.B, H = run.H, GH = 4 * H;
   TORCH_CHECK(run.kind == CellKind::kLstm && engine_runs_bfloat16(x, H),
               "fastseq recurrent engine: bfloat16 runs LSTM inference with H even on CPUs with bfloat16 brgemm");
   const auto f32 = x.options().dtype(at::kFloat);
@@ -338,15 +354,9 @@ at::Tensor forward_sequence_bfloat16(ForwardRun run, const at::Tensor& x, const 
                                    : at::zeros({GH}, f32);
   at::Tensor c_state = at::from_blob(run.c, {B, H}, x.options());
   at::Tensor c = c_state.to(at::kFloat);
-  const at::Tensor x2d = x.view({T * B, I});
-  const int64_t chunk = std::clamp<int64_t>(kChunkBytes / std::max<int64_t>(1, B * GH * x.element_size()), 1, T);
-  for (int64_t s0 = 0; s0 < T; s0 += chunk) {
-    const int64_t n = std::min(chunk, T - s0), lo = run.reverse ? T - s0 - n : s0;
-    const at::Tensor gx = linear_nt(x2d.narrow(0, lo * B, n * B), w_ih);
-    run.gx = gx.data_ptr(), run.gx_t0 = lo;
-    run.s_begin = s0, run.s_end = s0 + n;
-    if (B > 0 && H > 0) forward_bfloat16_lstm(run, packed, bias.data_ptr<float>(), c.data_ptr<float>());
-  }
+  project_by_chunks(run, x, w_ih, [&](const ForwardRun& chunk) {
+    if (B > 0 && H > 0) forward_bfloat16_lstm(chunk, packed, bias.data_ptr<float>(), c.data_ptr<float>());
+  });
   c_state.copy_(c);
   return at::empty({0}, x.options());
 }
@@ -378,22 +388,14 @@ at::Tensor forward_sequence(ForwardRun run, const at::Tensor& x, const at::Tenso
     run_steps(run, dtype);
     return gates;
   }
-  const at::Tensor x2d = x.view({T * B, I});
   if (keep_gates) {  // one GEMM over all steps, into the buffer the gates will overwrite
-    gates = linear_nt(x2d, w_ih).view({T, B, GH});
+    gates = linear_nt(x.view({T * B, I}), w_ih).view({T, B, GH});
     run.gx = run.gates = gates.data_ptr();
     run.s_begin = 0, run.s_end = T;
     run_steps(run, dtype);
     return gates;
   }
-  const int64_t chunk = std::clamp<int64_t>(kChunkBytes / std::max<int64_t>(1, B * GH * x.element_size()), 1, T);
-  for (int64_t s0 = 0; s0 < T; s0 += chunk) {
-    const int64_t n = std::min(chunk, T - s0), lo = run.reverse ? T - s0 - n : s0;
-    const at::Tensor gx = linear_nt(x2d.narrow(0, lo * B, n * B), w_ih);
-    run.gx = gx.data_ptr(), run.gx_t0 = lo;
-    run.s_begin = s0, run.s_end = s0 + n;
-    run_steps(run, dtype);
-  }
+  project_by_chunks(run, x, w_ih, [&](const ForwardRun& chunk) { run_steps(chunk, dtype); });
   return gates;
 }
 

@@ -141,8 +141,9 @@ void forward_bfloat16_lstm(const ForwardRun& run, const at::Tensor& packed, cons
 #else  // no AVX-512 in this build (FASTSEQ_PORTABLE=1 or another ISA): bfloat16 computes in float32
 
 bool bfloat16_brgemm_available() { return false; }
-at::Tensor pack_forward_weight_bfloat16(const at::Tensor&) {
+at::Tensor pack_forward_weight_bfloat16(const at::Tensor& w_hh) {
   TORCH_CHECK(false, "fastseq recurrent engine: this build has no bfloat16 steps");
+  return w_hh;
 }
 void forward_bfloat16_lstm(const ForwardRun&, const at::Tensor&, const float*, float*) {
   TORCH_CHECK(false, "fastseq recurrent engine: this build has no bfloat16 steps");
