@@ -741,3 +741,27 @@ def test_math_attention_scripts_and_keeps_nan():
     q[0, 0, 2, 0] = float("nan")
     out, _ = math_attention(q, k, v, attn_mask=mask)
     assert torch.isnan(out[0, 0, 2]).all() and not torch.isnan(out[1]).any()
+
+
+@pytest.mark.parametrize("L,S", [(16, 16), (37, 129), (64, 50)])
+@pytest.mark.parametrize("mask", [None, "causal", "bool", "float", "kpm"])
+@pytest.mark.parametrize("gqa,scale", [(1, None), (2, -0.3)])
+def test_with_weights_float32_brgemm_path_matches_math(L, S, mask, gqa, scale):
+    """float32 with weights and L >= 16 runs the brgemm weights forward (scores written into
+    the weights output): output and weights against plain torch, masks of every kind, causal,
+    GQA, a negative scale (no folding of the scale into the exponent) and odd sizes."""
+    B, H, D = 2, 4, 33
+    q, k, v = torch.randn(B, H, L, D), torch.randn(B, H // gqa, S, D), torch.randn(B, H // gqa, S, D + 3)
+    m = {None: None, "causal": None, "bool": torch.rand(L, S) > 0.3, "float": torch.randn(L, S),
+         "kpm": torch.rand(B, 1, 1, S) > 0.2}[mask]
+    kw = dict(attn_mask=m, is_causal=mask == "causal", scale=scale, **({"enable_gqa": True} if gqa > 1 else {}))
+    out, w = FF.scaled_dot_product_attention_with_weights(q, k, v, **kw)
+    kk, vv = k.repeat_interleave(gqa, 1), v.repeat_interleave(gqa, 1)
+    s = q @ kk.transpose(-1, -2) * (scale if scale is not None else D ** -0.5)
+    if mask == "causal":
+        s = s.masked_fill(~torch.ones(L, S, dtype=torch.bool).tril(), float("-inf"))
+    elif m is not None:
+        s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m
+    ref_w = s.softmax(-1).nan_to_num(0.0)  # fully masked rows: zero weights (documented)
+    torch.testing.assert_close(w, ref_w, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(out, ref_w @ vv, atol=2e-6, rtol=1e-5)

@@ -712,6 +712,71 @@ void forward_decode(const Problem<float>& P, float* out, float* lse) {
   });
 }
 
+// float32 forward that also returns the weights (need_weights), brgemm usable: per task
+// (batch, head, query tile) the scores of whole rows go by brgemm straight into the weights
+// output (its rows are the score buffer), are scaled, masked and normalised there by the
+// exact two-step softmax (the rows are materialised anyway), and P V is one brgemm reading
+// them in place. The head's K^T is kept across a thread's tasks as in forward_brgemm.
+void forward_brgemm_weights(const Problem<float>& P, float* out, float* lse, float* weights) {
+  const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev;
+  const int64_t Bq = std::min(br_block_q(P.tune, L), L);
+  const int64_t Bk = std::max<int64_t>(1, std::min(P.tune.br_block_k, S));
+  const int64_t ldkt = padded_ld(S);
+  const int64_t n_q_tiles = (L + Bq - 1) / Bq;
+  const bool dropout = P.dropout_p > 0.f;
+  const ThreadScratch<float> scratch({Bq * Ev, E * ldkt});
+  at::parallel_for(0, P.B * P.Hq * n_q_tiles, 1, [&](int64_t begin, int64_t end) {
+    float* const o = scratch.get(0);
+    TransposedRows k_t(scratch.get(1), ldkt, S);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t qt = task % n_q_tiles, bh = task / n_q_tiles;
+      const int64_t h = bh % P.Hq, b = bh / P.Hq, hk = h / P.group;
+      const int64_t q0 = qt * Bq, nq = std::min(Bq, L - q0);
+      const float* qa = P.q + b * P.q_sb + h * P.q_sh + q0 * P.q_sl;
+      const float* k_head = P.k + b * P.k_sb + hk * P.k_sh;
+      const float* v_head = P.v + b * P.v_sb + hk * P.v_sh;
+      const int64_t kv_end = P.causal ? std::min(S, q0 + nq) : S;
+      float* const w = weights + (bh * L + q0) * S;  // this tile's rows of the weights
+      if (kv_end > 0) {
+        const float* kt = k_t.get(b * P.Hk + hk, k_head, P.k_ss, E, 0, kv_end);
+        for (int64_t k0 = 0; k0 < kv_end; k0 += Bk)
+          cpublas::brgemm(nq, std::min(Bk, kv_end - k0), E, P.q_sl, ldkt, S, false, qa, kt + k0, w + k0, false);
+      }
+      for (int64_t r = 0; r < nq; ++r) {
+        const int64_t i = q0 + r, row = bh * L + i;
+        float* srow = w + r * S;
+        const int64_t n = P.causal ? std::min(kv_end, i + 1) : kv_end;
+        // As forward_brgemm: unmasked with a positive scale, the scale folds into the exponent.
+        const bool masked = P.mask_kind != MaskKind::kNone, fold = !masked && P.scale > 0.f;
+        float m;
+        if (fold) {
+          m = P.scale * max16(srow, n);
+        } else {
+          m = scale_and_max(srow, n, P.scale);
+          if (masked) {
+            mask_score_row(P, b, h, i, 0, n, srow);
+            m = max16(srow, n);
+          }
+        }
+        const float sum = exp_sum16(srow, n, fold ? P.scale : 1.f, am::softmax_shift(m));
+        const float inv = am::inverse_row_sum(sum);
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) srow[j] *= inv;
+        std::fill(srow + n, srow + S, 0.f);
+        if (dropout) apply_dropout_row(P, P.dropout_row(b, h, i), 0, n, srow);
+        lse[row] = am::row_logsumexp(m, sum);
+      }
+      if (kv_end > 0) {
+        cpublas::brgemm(nq, Ev, kv_end, S, P.v_ss, Ev, false, w, v_head, o, false);
+      } else {
+        std::fill(o, o + nq * Ev, 0.f);
+      }
+      for (int64_t r = 0; r < nq; ++r) std::copy(o + r * Ev, o + (r + 1) * Ev, out + (bh * L + q0 + r) * Ev);
+    }
+    cpublas::brgemm_release(false);
+  });
+}
+
 // The brgemm forward where it applies (float32, brgemm usable): true when it ran.
 template <typename scalar_t>
 bool try_forward_brgemm(const Problem<scalar_t>&, scalar_t*, acc_type<scalar_t>*) {
@@ -1417,6 +1482,12 @@ void attention_forward_cpu(const attn::Params& params, const attn::ForwardOutput
     scalar_t* out = static_cast<scalar_t*>(o.out);
     acc_t* lse = static_cast<acc_t*>(o.lse);
     if (o.weights == nullptr && try_forward_brgemm(P, out, lse)) return;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (o.weights != nullptr && P.brgemm && P.L >= kMinRowsToPack) {
+        forward_brgemm_weights(P, out, lse, static_cast<float*>(o.weights));
+        return;
+      }
+    }
     forward_kernel<scalar_t>(P, out, lse, static_cast<scalar_t*>(o.weights));
   });
 }
