@@ -448,6 +448,35 @@ TileMask classify_tile(const Problem<scalar_t>& P, int64_t b, int64_t h, int64_t
   return closed ? TileMask::kClosed : TileMask::kOpen;
 }
 
+// The max of one row of raw scores Q K^T (n keys from k0) as the softmax sees them. `fold`
+// (unmasked, positive scale): the scale folds into the exponent instead, as max(scale * s)
+// is scale * max(s) exactly (rounding is monotonic), so the row is read twice, written once;
+// otherwise the row is scaled (and masked when `masked`) in place first.
+inline float scored_row_max(const Problem<float>& P, int64_t b, int64_t h, int64_t i, int64_t k0, int64_t n,
+                            float* srow, bool masked, bool fold) {
+  if (fold) return P.scale * max16(srow, n);
+  const float mx = scale_and_max(srow, n, P.scale);
+  if (!masked) return mx;
+  mask_score_row(P, b, h, i, k0, n, srow);
+  return max16(srow, n);
+}
+
+// One forward task of a flattened (batch, query head, query tile) index: its key head (GQA),
+// the tile's rows and the head pointers. Under causal, keys past the tile's last row are
+// masked for every row, so the tile reads keys [0, kv_end) only.
+template <typename scalar_t>
+struct QueryTile {
+  int64_t bh, b, h, hk, q0, nq, kv_end;
+  const scalar_t* q;  // the tile's first query row
+  const scalar_t* k;  // the key head
+  const scalar_t* v;  // the value head
+  QueryTile(const Problem<scalar_t>& P, int64_t task, int64_t n_q_tiles, int64_t Bq)
+      : bh(task / n_q_tiles), b(bh / P.Hq), h(bh % P.Hq), hk(h / P.group), q0(task % n_q_tiles * Bq),
+        nq(std::min(Bq, P.L - q0)), kv_end(P.causal ? std::min(P.S, q0 + nq) : P.S),
+        q(P.q + b * P.q_sb + h * P.q_sh + q0 * P.q_sl), k(P.k + b * P.k_sb + hk * P.k_sh),
+        v(P.v + b * P.v_sb + hk * P.v_sh) {}
+};
+
 // float32 forward without a weights output, for L >= kMinRowsToPack: per task (batch, head,
 // query tile) the score tile Q K^T comes from one brgemm against the head's K^T (transposed
 // once per thread and head, kept while the thread's consecutive tasks stay on that head),
@@ -469,13 +498,7 @@ void forward_brgemm(const Problem<float>& P, float* out, float* lse) {
     float* const l_run = scratch.get(3);
     TransposedRows k_t(scratch.get(4), ldkt, S);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t qt = task % n_q_tiles, bh = task / n_q_tiles;
-      const int64_t h = bh % P.Hq, b = bh / P.Hq, hk = h / P.group;
-      const int64_t q0 = qt * Bq, nq = std::min(Bq, L - q0);
-      const float* qa = P.q + b * P.q_sb + h * P.q_sh + q0 * P.q_sl;
-      const float* k_head = P.k + b * P.k_sb + hk * P.k_sh;
-      const float* v_head = P.v + b * P.v_sb + hk * P.v_sh;
-      const int64_t kv_end = P.causal ? std::min(S, q0 + nq) : S;
+      const auto [bh, b, h, hk, q0, nq, kv_end, qa, k_head, v_head] = QueryTile<float>(P, task, n_q_tiles, Bq);
       const float* kt = k_t.get(b * P.Hk + hk, k_head, P.k_ss, E, 0, kv_end);
       std::fill(m_run, m_run + nq, ninf);
       std::fill(l_run, l_run + nq, 0.f);
@@ -492,20 +515,8 @@ void forward_brgemm(const Problem<float>& P, float* out, float* lse) {
           const int64_t i = q0 + r;
           float* srow = s + r * lds;
           const int64_t n = causal_cut ? std::clamp<int64_t>(i + 1 - k0, 0, nk) : nk;
-          // Unmasked with a positive scale, the scale folds into the exponent: max(scale * s)
-          // is scale * max(s) exactly (rounding is monotonic), and the tile is read twice,
-          // written once.
           const bool fold = !masked && P.scale > 0.f;
-          float mx;
-          if (fold) {
-            mx = P.scale * max16(srow, n);
-          } else {
-            mx = scale_and_max(srow, n, P.scale);
-            if (masked) {
-              mask_score_row(P, b, h, i, k0, n, srow);
-              mx = max16(srow, n);
-            }
-          }
+          const float mx = scored_row_max(P, b, h, i, k0, n, srow, masked, fold);
           const auto step = am::online_softmax_step(m_run[r], mx);
           const float sum =
               exp_sum16(srow, n, fold ? P.scale : 1.f, am::softmax_shift(step.m_new));
@@ -729,13 +740,7 @@ void forward_brgemm_weights(const Problem<float>& P, float* out, float* lse, flo
     float* const o = scratch.get(0);
     TransposedRows k_t(scratch.get(1), ldkt, S);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t qt = task % n_q_tiles, bh = task / n_q_tiles;
-      const int64_t h = bh % P.Hq, b = bh / P.Hq, hk = h / P.group;
-      const int64_t q0 = qt * Bq, nq = std::min(Bq, L - q0);
-      const float* qa = P.q + b * P.q_sb + h * P.q_sh + q0 * P.q_sl;
-      const float* k_head = P.k + b * P.k_sb + hk * P.k_sh;
-      const float* v_head = P.v + b * P.v_sb + hk * P.v_sh;
-      const int64_t kv_end = P.causal ? std::min(S, q0 + nq) : S;
+      const auto [bh, b, h, hk, q0, nq, kv_end, qa, k_head, v_head] = QueryTile<float>(P, task, n_q_tiles, Bq);
       float* const w = weights + (bh * L + q0) * S;  // this tile's rows of the weights
       if (kv_end > 0) {
         const float* kt = k_t.get(b * P.Hk + hk, k_head, P.k_ss, E, 0, kv_end);
@@ -746,18 +751,8 @@ void forward_brgemm_weights(const Problem<float>& P, float* out, float* lse, flo
         const int64_t i = q0 + r, row = bh * L + i;
         float* srow = w + r * S;
         const int64_t n = P.causal ? std::min(kv_end, i + 1) : kv_end;
-        // As forward_brgemm: unmasked with a positive scale, the scale folds into the exponent.
         const bool masked = P.mask_kind != MaskKind::kNone, fold = !masked && P.scale > 0.f;
-        float m;
-        if (fold) {
-          m = P.scale * max16(srow, n);
-        } else {
-          m = scale_and_max(srow, n, P.scale);
-          if (masked) {
-            mask_score_row(P, b, h, i, 0, n, srow);
-            m = max16(srow, n);
-          }
-        }
+        const float m = scored_row_max(P, b, h, i, 0, n, srow, masked, fold);
         const float sum = exp_sum16(srow, n, fold ? P.scale : 1.f, am::softmax_shift(m));
         const float inv = am::inverse_row_sum(sum);
 #pragma omp simd
@@ -852,15 +847,9 @@ void forward_brgemm_reduced(const Problem<scalar_t>& P, scalar_t* out, float* ls
     scalar_t* const vbuf = reinterpret_cast<scalar_t*>(scratch.get(8));
     int64_t cached_head = -1;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t qt = task % n_q_tiles, bh = task / n_q_tiles;
-      const int64_t h = bh % P.Hq, b = bh / P.Hq, hk = h / P.group;
-      const int64_t q0 = qt * Bq, nq = std::min(Bq, L - q0);
-      const scalar_t* qa = P.q + b * P.q_sb + h * P.q_sh + q0 * P.q_sl;
-      const int64_t kv_end = P.causal ? std::min(S, q0 + nq) : S;
+      const auto [bh, b, h, hk, q0, nq, kv_end, qa, k_head, v_head] = QueryTile<scalar_t>(P, task, n_q_tiles, Bq);
       if (b * P.Hk + hk != cached_head) {
         cached_head = b * P.Hk + hk;
-        const scalar_t* k_head = P.k + b * P.k_sb + hk * P.k_sh;
-        const scalar_t* v_head = P.v + b * P.v_sb + hk * P.v_sh;
         for (int64_t k0 = 0; k0 < S; k0 += kPackN) {
           const int64_t n = std::min(kPackN, S - k0);
           std::fill(tbuf, tbuf + E * kPackN, scalar_t(0));
@@ -985,16 +974,9 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
     acc_t* const v_buf = scratch.get(6);
     acc_t* const kt_buf = scratch.get(7);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t qt = task % n_q_tiles, bh = task / n_q_tiles;
-      const int64_t h = bh % P.Hq, b = bh / P.Hq, hk = h / P.group;
-      const int64_t q0 = qt * Bq, nq = std::min(Bq, L - q0);
+      const auto [bh, b, h, hk, q0, nq, kv_end, q_tile, k_head, v_head] = QueryTile<scalar_t>(P, task, n_q_tiles, Bq);
       int64_t ldq, ldk, ldv;
-      const acc_t* qa = as_acc(P.q + b * P.q_sb + h * P.q_sh + q0 * P.q_sl, nq, E, P.q_sl,
-                               q_buf, ldq);
-      const scalar_t* k_head = P.k + b * P.k_sb + hk * P.k_sh;
-      const scalar_t* v_head = P.v + b * P.v_sb + hk * P.v_sh;
-      // Under causal, keys past the tile's last row are masked for every row: never loaded.
-      const int64_t kv_end = P.causal ? std::min(S, q0 + nq) : S;
+      const acc_t* qa = as_acc(q_tile, nq, E, P.q_sl, q_buf, ldq);
       acc_t* s = scores;
       acc_t* o = acc_out;
       std::fill(o, o + nq * Ev, acc_t(0));
