@@ -262,6 +262,14 @@ def _shutdown(ok, backend):
             except Exception:  # fall back to destroy
                 pass
     try:
+        if ok:
+            # Both ranks reach this point before either tears its group down: a gloo rank that
+            # destroys its pairs while the peer still sends was seen to abort ("terminate
+            # called without an active exception", seen once in a CI run of a 4-command launch).
+            dist.barrier()
+    except Exception:  # a peer that ended early: its own error is the one to report
+        pass
+    try:
         dist.destroy_process_group()
     except Exception as exc:  # the run's own outcome matters more than a failed teardown
         print(f"fastseq: warning: destroying the process group failed ({exc})", file=sys.stderr)
