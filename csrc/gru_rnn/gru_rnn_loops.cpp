@@ -61,15 +61,12 @@ at::Tensor engine_forward(recurrent::CellKind kind, const at::Tensor& x, const a
                           const at::Tensor& b_hn, const SequencePlan& plan, at::Tensor& out,
                           void* saved) {
   const int64_t T = x.size(0), B = x.size(1), H = h0.size(1);
-  TORCH_CHECK(gx_bias.is_contiguous() && gx_bias.numel() == w_ih.size(0) && gx_bias.scalar_type() == x.scalar_type(),
-              "engine_forward: the input bias must be a contiguous ", x.scalar_type(), " tensor of ", w_ih.size(0),
-              " elements");
   at::Tensor h_buf = at::empty({2, B, H}, x.options());
   h_buf.select(0, 0).copy_(h0);
   const recurrent::ForwardRun run{kind, T, B, H, plan.packed ? plan.rows.data() : nullptr, plan.reverse,
-                                  h_buf.data_ptr(), nullptr, out.data_ptr(), saved, gx_bias.data_ptr(),
+                                  h_buf.data_ptr(), nullptr, out.data_ptr(), saved,
                                   b_hn.defined() ? b_hn.data_ptr() : nullptr};
-  recurrent::forward_sequence(run, x.contiguous(), w_ih.contiguous(), w_hh, /*keep_gates=*/false);
+  recurrent::forward_sequence(run, x.contiguous(), w_ih.contiguous(), w_hh, gx_bias, /*keep_gates=*/false);
   return h_buf.select(0, T % 2).clone();
 }
 

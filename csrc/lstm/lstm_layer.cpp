@@ -79,17 +79,13 @@ std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& inp
   if (!proj && (recurrent::engine_supports(input) ||
                 (!save_for_backward && recurrent::engine_runs_bfloat16(input, H)))) {
     // The sequence engine: the input projection and every step (recurrent/cpu_engine.h).
-    const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
-    TORCH_CHECK(!b.defined() || (b.numel() == G && b.scalar_type() == input.scalar_type()),
-                "lstm: bias must be a ", input.scalar_type(), " tensor of ", G, " elements");
     at::Tensor h_buf = at::empty({2, B, H}, opts);
     h_buf.select(0, 0).copy_(h0);
     const recurrent::ForwardRun run{recurrent::CellKind::kLstm, T, B, H, batch_sizes, reverse,
                                     h_buf.data_ptr(), c_state.data_ptr(), output.data_ptr(),
-                                    save_for_backward ? cells.data_ptr() : nullptr,
-                                    b.defined() ? b.data_ptr() : nullptr, nullptr};
+                                    save_for_backward ? cells.data_ptr() : nullptr, nullptr};
     at::Tensor gates = recurrent::forward_sequence(run, input.contiguous(), w_ih.contiguous(), w_hh,
-                                                   save_for_backward);
+                                                   bias ? bias->contiguous() : at::Tensor(), save_for_backward);
     at::Tensor h_n = h_buf.select(0, T % 2).clone();
     if (!save_for_backward) return {output, h_n, c_state, at::empty({0}, opts), cells};
     return {output, h_n, c_state, gates, cells};

@@ -344,14 +344,12 @@ void project_by_chunks(ForwardRun& run, const at::Tensor& x, const at::Tensor& w
 // bfloat16 LSTM inference: the input projection as bfloat16 GEMMs over chunks of steps, the
 // steps on brgemm (cpu_engine_bfloat16.cpp) with the bias and the cell state in float32.
 at::Tensor forward_sequence_bfloat16(ForwardRun run, const at::Tensor& x, const at::Tensor& w_ih,
-                                     const at::Tensor& w_hh) {
+                                     const at::Tensor& w_hh, const at::Tensor& bias_bf16, bool keep_gates) {
   const int64_t B = run.B, H = run.H, GH = 4 * H;
-  TORCH_CHECK(run.kind == CellKind::kLstm && engine_runs_bfloat16(x, H),
+  TORCH_CHECK(run.kind == CellKind::kLstm && !keep_gates && engine_runs_bfloat16(x, H),
               "fastseq recurrent engine: bfloat16 runs LSTM inference with H even on CPUs with bfloat16 brgemm");
-  const auto f32 = x.options().dtype(at::kFloat);
   const at::Tensor packed = pack_forward_weight_bfloat16(w_hh);
-  const at::Tensor bias = run.bias ? at::from_blob(const_cast<void*>(run.bias), {GH}, x.options()).to(at::kFloat)
-                                   : at::zeros({GH}, f32);
+  const at::Tensor bias = bias_bf16.defined() ? bias_bf16.to(at::kFloat) : at::zeros({GH}, x.options().dtype(at::kFloat));
   at::Tensor c_state = at::from_blob(run.c, {B, H}, x.options());
   at::Tensor c = c_state.to(at::kFloat);
   project_by_chunks(run, x, w_ih, [&](const ForwardRun& chunk) {
@@ -367,7 +365,7 @@ void set_input_projection(InputProjection mode) { input_projection_mode().store(
 InputProjection get_input_projection() { return static_cast<InputProjection>(input_projection_mode().load()); }
 
 at::Tensor forward_sequence(ForwardRun run, const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                            bool keep_gates) {
+                            const at::Tensor& bias, bool keep_gates) {
   const c10::ScalarType dtype = x.scalar_type();
   const int64_t T = run.T, B = run.B, I = x.size(2), G = gate_count(run.kind), GH = G * run.H;
   TORCH_CHECK(x.dim() == 3 && x.size(0) == T && x.size(1) == B && x.is_contiguous(),
@@ -375,8 +373,12 @@ at::Tensor forward_sequence(ForwardRun run, const at::Tensor& x, const at::Tenso
   TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) == GH && w_ih.size(1) == I && w_ih.scalar_type() == dtype,
               "fastseq recurrent engine: w_ih must be a ", dtype, " [", GH, ", ", I, "] tensor, got ",
               w_ih.scalar_type(), " ", w_ih.sizes());
+  TORCH_CHECK(!bias.defined() || (bias.is_contiguous() && bias.numel() == GH && bias.scalar_type() == dtype),
+              "fastseq recurrent engine: bias must be a contiguous ", dtype, " tensor of ", GH, " elements, got ",
+              bias.scalar_type(), " ", bias.sizes());
+  run.bias = bias.defined() ? bias.data_ptr() : nullptr;
   TORCH_CHECK(!keep_gates || run.kind == CellKind::kLstm, "fastseq recurrent engine: keep_gates is LSTM's");
-  if (dtype == at::kBFloat16) return forward_sequence_bfloat16(run, x, w_ih, w_hh);
+  if (dtype == at::kBFloat16) return forward_sequence_bfloat16(run, x, w_ih, w_hh, bias, keep_gates);
   const at::Tensor packed = pack_forward_weight(w_hh, G);
   run.packed = &packed;
   at::Tensor gates = keep_gates ? at::empty({T, B, GH}, x.options()) : at::empty({0}, x.options());

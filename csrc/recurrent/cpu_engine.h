@@ -53,10 +53,10 @@ struct ForwardRun {
   void* out;           // [T, B, H] outputs (rows >= rows[t] untouched: the caller zeroes them)
   void* saved;         // training: LSTM cells [T, B, H] (inactive rows carry c),
                        // GRU [T, B, 4H] (r, z, n, W_hn h + b_hn); nullptr: inference
-  const void* bias;    // [G*H] added to the input projection (LSTM/RNN b_ih + b_hh, GRU b_ih
-                       // plus b_hr, b_hz), or nullptr
   const void* b_hn;    // GRU [H] the recurrent bias of the n gate
 
+  const void* bias = nullptr;  // [G*H] added to the input projection (LSTM/RNN b_ih + b_hh,
+                               // GRU b_ih plus b_hr, b_hz), or nullptr
   int64_t s_begin = 0, s_end = 0;
   const void* gx = nullptr;  // [.., B, G*H] x W_ih^T of times gx_t0..., or nullptr when the
   int64_t gx_t0 = 0;         // steps accumulate x_t W_ih^T themselves (packed_x)
@@ -71,10 +71,10 @@ struct ForwardRun {
 // chunks of steps (common/gemm.h) or accumulated inside each step's micro-kernel with the
 // recurrent term (LSTM / RNN, where the step's GEMM is large enough: see
 // fuse_input_projection), then every step. x [T, B, I] contiguous, w_ih [G*H, I], w_hh
-// [G*H, H]. keep_gates (LSTM training): returns the activated gates [T, B, 4H]; otherwise
-// an empty tensor.
+// [G*H, H], bias [G*H] of x's dtype or undefined (sets run.bias). keep_gates (LSTM
+// training): returns the activated gates [T, B, 4H]; otherwise an empty tensor.
 at::Tensor forward_sequence(ForwardRun run, const at::Tensor& x, const at::Tensor& w_ih,
-                            const at::Tensor& w_hh, bool keep_gates);
+                            const at::Tensor& w_hh, const at::Tensor& bias, bool keep_gates);
 
 // bfloat16 LSTM inference on the engine (cpu_engine_bfloat16.cpp): CPU bfloat16 [T, B, I]
 // input, T >= kMinEngineSteps, H even, and oneDNN's bfloat16 brgemm usable on this CPU (AMX or

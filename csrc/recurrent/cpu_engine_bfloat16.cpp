@@ -40,21 +40,16 @@ constexpr int64_t kPanel = 4 * kUnits;     // the block's columns, gates i, f, g
 
 inline __mmask16 lanes(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
 
-// n (<= 16) bfloat16 values -> float lanes (the rest 0).
+// n (<= 16) bfloat16 values <-> float lanes, through ATen's conversions (round to nearest
+// even, NaN kept a NaN), with masked loads and stores for a last, partial block of units.
 inline V load_bf16(const bf16* p, int n) {
-  const __m256i raw = _mm256_maskz_loadu_epi16(lanes(n), p);
-  return V(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16)));
+  __m512 o;
+  at::vec::cvtbf16_fp32(_mm256_maskz_loadu_epi16(lanes(n), p), o);
+  return V(o);
 }
 
-// Rounds to nearest even (NaN stays NaN: c10::BFloat16's conversion) and stores n lanes.
 inline void store_bf16(bf16* p, const V& v, int n) {
-  const __m512 x = v;
-  const __m512i bits = _mm512_castps_si512(x);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-  rounded = _mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7fc0));
-  _mm256_mask_storeu_epi16(p, lanes(n), _mm512_cvtepi32_epi16(rounded));
+  _mm256_mask_storeu_epi16(p, lanes(n), at::vec::cvtfp32_bf16(__m512(v)));
 }
 
 }  // namespace
