@@ -129,6 +129,24 @@ def test_autocast_sdpa_matches_torch(autocast_dtype):
     torch.testing.assert_close(got.float(), expected.float(), atol=4e-2, rtol=4e-2)
 
 
+def test_autocast_casts_keyword_arguments_like_positional_ones():
+    """Tensors passed by keyword (also inside a dict) are cast, and a call whose tensors are
+    all keywords still sees the autocast (it was skipped: the device came from args only)."""
+    seen = {}
+
+    @_autocast.autocast_as("attention")
+    def op(query=None, mask=None, extra=None):
+        seen.update(query=query.dtype, mask=mask.dtype, extra=extra["t"].dtype,
+                    autocast_on=torch.is_autocast_enabled("cpu"))
+        return query
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = op(query=torch.randn(2, 3), mask=torch.randn(3), extra={"t": torch.randn(1)})
+    assert seen == {"query": torch.bfloat16, "mask": torch.bfloat16, "extra": torch.bfloat16,
+                    "autocast_on": False}
+    assert out.dtype == torch.bfloat16
+
+
 def test_autocast_policy_covers_every_op():
     for op in _autocast.OPS:
         for device_type in ("cpu", "cuda"):

@@ -41,10 +41,11 @@ def compute_dtypes(op: str, device_type: str, autocast_dtype: torch.dtype):
 
 
 def _device_type(args) -> Optional[str]:
-    for a in args:
+    """Device type of the first tensor in args (tuples, lists and dict values searched)."""
+    for a in (args.values() if isinstance(args, dict) else args):
         if isinstance(a, Tensor):
             return a.device.type
-        if isinstance(a, (tuple, list)):
+        if isinstance(a, (tuple, list, dict)):
             found = _device_type(a)
             if found is not None:
                 return found
@@ -52,11 +53,14 @@ def _device_type(args) -> Optional[str]:
 
 
 def _cast(value, dtype):
-    """Floating tensors (also inside tuples/lists) to dtype; everything else as it is."""
+    """Floating tensors (also inside tuples, lists and dict values, so keyword arguments
+    are cast like positional ones) to dtype; everything else as it is."""
     if isinstance(value, Tensor):
         return value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
     if isinstance(value, (tuple, list)):
         return type(value)(_cast(v, dtype) for v in value)
+    if isinstance(value, dict):
+        return {key: _cast(v, dtype) for key, v in value.items()}
     return value
 
 
@@ -72,7 +76,7 @@ def autocast_as(op: str):
         def run(*args, **kwargs):
             if not torch._C._is_any_autocast_enabled():
                 return fn(*args, **kwargs)
-            device_type = _device_type(args)
+            device_type = _device_type(args) or _device_type(kwargs)
             if device_type is None or not torch.is_autocast_enabled(device_type):
                 return fn(*args, **kwargs)
             run_dtype, out_dtype = compute_dtypes(op, device_type,
