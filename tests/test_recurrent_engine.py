@@ -75,7 +75,7 @@ def test_odd_hidden_sizes_float64(kind, H, projection):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-# T = 1 and 3 run the per-step loops (below kMinEngineSteps), the others the engine.
+# T = 1 and 3 run the per-step loops (below kMinEngineSteps, LSTM included), the others the engine.
 @pytest.mark.parametrize("T,B,I,H", [(1, 1, 3, 5), (3, 7, 2, 16), (4, 1, 1, 33), (9, 1, 1, 33), (5, 13, 20, 8)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("projection", PROJECTIONS)

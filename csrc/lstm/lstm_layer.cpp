@@ -10,7 +10,6 @@
 #include <ATen/ops/zeros.h>
 
 #include "common/gemm.h"
-#include "lstm/lstm_cpu_fused.h"
 #include "recurrent/cpu_engine.h"
 
 #include <utility>
@@ -114,30 +113,11 @@ std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& inp
 
   at::Tensor h_state = h0.clone(at::MemoryFormat::Contiguous);
   at::Tensor h_pre = proj ? at::empty({B, H}, opts) : at::Tensor();
-  // CPU float32: packed W_hh and a fused GEMM + gate step; the new h goes to a second
-  // buffer because other threads still read the old one within the step.
-  const bool fused = cpu_fused_supported(input);
-  at::Tensor packed = fused ? pack_forward_weight(w_hh) : at::Tensor();
-  at::Tensor h_next = fused && !proj ? at::empty({B, P}, opts) : at::Tensor();
 
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
     const int64_t rows = active_rows(batch_sizes, t, B);
-    if (rows > 0 && fused) {
-      ForwardStep step{gates_at(t), nullptr, c_state.data_ptr(), c_state.data_ptr(),
-                       save_for_backward ? row_ptr(cells, t * B * H) : nullptr,
-                       proj ? h_pre.data_ptr() : row_ptr(output, t * B * P),
-                       proj ? nullptr : h_next.data_ptr(), rows, H};
-      fused_forward_step(step, h_state.data_ptr<float>(), P, packed);
-      if (proj) {
-        at::Tensor h_t = linear_nt(h_pre.narrow(0, 0, rows), *w_hr);
-        output.select(0, t).narrow(0, 0, rows).copy_(h_t);
-        h_state.narrow(0, 0, rows).copy_(h_t);
-      } else {
-        if (rows < B) h_next.narrow(0, rows, B - rows).copy_(h_state.narrow(0, rows, B - rows));
-        std::swap(h_state, h_next);
-      }
-    } else if (rows > 0) {
+    if (rows > 0) {
       at::Tensor recurrent = linear_nt(h_state.narrow(0, 0, rows), w_hh);
       ForwardStep step{gates_at(t),
                        recurrent.data_ptr(),
@@ -191,9 +171,7 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
   }
 
   const bool engine = !proj && recurrent::engine_supports(input);
-  const bool fused = !engine && cpu_fused_supported(input);
-  at::Tensor packed = fused ? pack_backward_weight(w_hh)
-                            : engine ? recurrent::pack_backward_weight(w_hh) : at::Tensor();
+  at::Tensor packed = engine ? recurrent::pack_backward_weight(w_hh) : at::Tensor();
   if (engine) {  // the sequence engine: every step in one parallel region
     recurrent::BackwardRun run{recurrent::CellKind::kLstm, T, B, H, batch_sizes, reverse, 0, T,
                                /*need_last_dh=*/true, dout.data_ptr(), dh_state.data_ptr(),
@@ -224,11 +202,7 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
       step.dh2 = dh_state.data_ptr();
     }
     pw.backward(step, input.scalar_type());
-    if (fused) {
-      packed_backward_gemm(dgates_t.data_ptr<float>(), rows, H, dh_state.data_ptr<float>(), P, packed);
-    } else {
-      dh_state.narrow(0, 0, rows).copy_(matmul(dgates_t, w_hh));
-    }
+    dh_state.narrow(0, 0, rows).copy_(matmul(dgates_t, w_hh));
   }
 
   at::Tensor dgates2d = dgates.view({T * B, G});
