@@ -24,19 +24,19 @@ def _modules(op, shape, device):
 
     torch_cls, fast_cls = {"gru": (torch.nn.GRU, fnn.GRU), "rnn": (torch.nn.RNN, fnn.RNN)}[op]
     kw = dict(num_layers=shape.L, bidirectional=shape.bidirectional, batch_first=shape.batch_first)
-    ref = torch_cls(shape.H, shape.H, **kw).to(device)
-    fast = fast_cls(shape.H, shape.H, **kw).to(device)
+    ref = torch_cls(shape.input_size, shape.H, **kw).to(device)
+    fast = fast_cls(shape.input_size, shape.H, **kw).to(device)
     fast.load_state_dict(ref.state_dict())
     return ref, fast
 
 
 def _case(op, mode, shape, device):
     ref_name = {"gru": "torch.nn.GRU", "rnn": "torch.nn.RNN(tanh)"}[op]
-    T, B, H = shape.T, shape.B, shape.H
+    T, B, H, I = shape.T, shape.B, shape.H, shape.input_size
 
     def setup():
         ref, fast = _modules(op, shape, device)
-        size = (B, T, H) if shape.batch_first else (T, B, H)
+        size = (B, T, I) if shape.batch_first else (T, B, I)
         x = torch.randn(*size, device=device, requires_grad=(mode == "train"))
 
         def runner(module):
@@ -57,7 +57,7 @@ def _case(op, mode, shape, device):
         return runner(ref), runner(fast)
 
     return BenchCase(op=op, label=shape.label(), mode=mode, reference=ref_name, setup=setup,
-                     flops=flops.recurrent(op, T, B, H, H, shape.L, mode, 2 if shape.bidirectional else 1),
+                     flops=flops.recurrent(op, T, B, I, H, shape.L, mode, 2 if shape.bidirectional else 1),
                      dims=shape.dims())
 
 

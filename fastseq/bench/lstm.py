@@ -15,22 +15,24 @@ OPS = ("lstm", "lstm_cell", "lstm_bf16")
 BF16_GRID = [LayerShape(100, B, H) for B in (1, 8, 64) for H in (64, 256)] + [LayerShape(35, 64, 512)]
 BF16_NOTE = {"infer": "bfloat16 steps on oneDNN brgemm (AMX / AVX512-BF16) where the CPU has it, else float32 compute",
              "train": "computes in float32 (bfloat16 inputs and outputs): no bfloat16 backward yet"}
+# Full suite: the training memory case of the recurrent issue (peak memory measured too).
+MEMORY_SHAPE = LayerShape(500, 32, 512, L=2, I=256)
 # Suite "scaling": one of T, B, H varied around T=100 B=16 H=128, one layer.
 SCALING_BASE = dict(T=100, B=16, H=128)
 SCALING_AXES = dict(T=(25, 50, 100, 200, 400), B=(1, 4, 16, 64), H=(64, 128, 256, 512))
 
 
 def _layer_setup(shape, mode, device, dtype=torch.float32):
-    T, B, H, L = shape.T, shape.B, shape.H, shape.L
+    T, B, H, L, I = shape.T, shape.B, shape.H, shape.L, shape.input_size
     kw = dict(num_layers=L, bidirectional=shape.bidirectional, batch_first=shape.batch_first)
 
     def setup():
         torch.manual_seed(0)
-        ref = torch.nn.LSTM(H, H, **kw).to(device, dtype)
+        ref = torch.nn.LSTM(I, H, **kw).to(device, dtype)
         from ..nn import LSTM
-        fast = LSTM(H, H, **kw).to(device, dtype)
+        fast = LSTM(I, H, **kw).to(device, dtype)
         fast.load_state_dict(ref.state_dict())
-        x = (torch.randn(B, T, H, device=device) if shape.batch_first else torch.randn(T, B, H, device=device)).to(dtype)
+        x = (torch.randn(B, T, I, device=device) if shape.batch_first else torch.randn(T, B, I, device=device)).to(dtype)
 
         def make(module):
             params = list(module.parameters())
@@ -96,11 +98,12 @@ def cases(suite, device):
         grid = [(LayerShape(T, B, H, L), mode) for T, B, H, L, mode in _scaling_grid()]
     else:
         grid = [(shape, mode) for mode in ("train", "infer") for shape in recurrent_grid.FULL]
+        grid.append((MEMORY_SHAPE, "train"))
         cells = [(B, H, mode) for mode in ("infer", "train") for B, H in ((1, 256), (16, 128), (64, 256))]
     out = [BenchCase("lstm", shape.label(), mode, "torch.nn.LSTM", _layer_setup(shape, mode, device),
-                     flops=flops.recurrent("lstm", shape.T, shape.B, shape.H, shape.H, shape.L, mode,
+                     flops=flops.recurrent("lstm", shape.T, shape.B, shape.input_size, shape.H, shape.L, mode,
                                            2 if shape.bidirectional else 1),
-                     dims=shape.dims()) for shape, mode in grid]
+                     dims=shape.dims(), memory=shape == MEMORY_SHAPE) for shape, mode in grid]
     if suite == "full":
         out += [BenchCase("lstm_bf16", shape.label(), mode, "torch.nn.LSTM bf16",
                           _layer_setup(shape, mode, device, torch.bfloat16),

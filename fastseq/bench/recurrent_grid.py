@@ -12,13 +12,19 @@ class LayerShape(NamedTuple):
     L: int = 1
     bidirectional: bool = False
     batch_first: bool = False
+    I: int = 0                   # input size; 0: the hidden size
+
+    @property
+    def input_size(self):
+        return self.I or self.H
 
     def label(self):
         extra = "".join([" bidir" if self.bidirectional else "", " batch_first" if self.batch_first else ""])
-        return f"T={self.T} B={self.B} I=H={self.H} L={self.L}{extra}"
+        sizes = f"I={self.I} H={self.H}" if self.I else f"I=H={self.H}"
+        return f"T={self.T} B={self.B} {sizes} L={self.L}{extra}"
 
     def dims(self):
-        return dict(T=self.T, B=self.B, H=self.H, L=self.L)
+        return dict(T=self.T, B=self.B, H=self.H, L=self.L, **({"I": self.I} if self.I else {}))
 
 
 FULL = [LayerShape(T, B, H) for T, B, H in itertools.product((35, 100), (1, 8, 64), (64, 256, 512))] + [
