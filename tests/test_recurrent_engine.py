@@ -216,6 +216,62 @@ def test_bfloat16_inference_packed_sequences_and_nan():
     assert torch.equal(a.isnan(), b.isnan())
 
 
+def _bf16_training_results(module, x, lengths=None):
+    """Outputs, final states and every gradient (input first) of one training call."""
+    module.zero_grad()
+    xx = x.clone().requires_grad_()
+    inp = pack_padded_sequence(xx, lengths, enforce_sorted=False) if lengths is not None else xx
+    out, (h, c) = module(inp)
+    if lengths is not None:
+        out = pad_packed_sequence(out)[0]
+    (out.float().square().sum() + h.float().sum() + c.float().sum()).backward()
+    return [out, h, c, xx.grad] + [p.grad for p in module.parameters()]
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason="no bfloat16 brgemm (AMX / AVX512-BF16) on this CPU or build")
+@pytest.mark.parametrize("T,B,I,H,cfg,packed", [(20, 8, 32, 64, {}, False), (9, 1, 3, 2, {}, False),
+                                                (6, 5, 7, 18, {"bidirectional": True}, False),
+                                                (12, 33, 16, 100, {"num_layers": 2}, False),
+                                                (11, 9, 6, 20, {"num_layers": 2, "bidirectional": True}, True),
+                                                (5, 3, 4, 6, {"batch_first": True}, False)])
+def test_bfloat16_training_runs_natively_within_twice_torchs_error(T, B, I, H, cfg, packed):
+    """LSTM training in bfloat16 on the engine (bfloat16 forward steps, float32 backward steps,
+    bfloat16 GEMMs over all steps): outputs, final states and every gradient at most twice the
+    error of torch's own bfloat16 LSTM against float64, all in bfloat16; packed sequences with
+    many lengths, both directions, stacked, B = 1, batch_first."""
+    ref, fast = make_pair("lstm", I, H, **cfg)
+    x = torch.randn(*((B, T) if cfg.get("batch_first") else (T, B)), I)
+    lengths = torch.randint(1, T + 1, (x.shape[1],)) if packed else None
+    if packed:
+        lengths[0] = T
+    exact = _bf16_training_results(copy.deepcopy(ref).double(), x.double(), lengths)
+    got_torch = _bf16_training_results(copy.deepcopy(ref).bfloat16(), x.bfloat16(), lengths)
+    got_fast = _bf16_training_results(copy.deepcopy(fast).bfloat16(), x.bfloat16(), lengths)
+    for i, (e, a, b) in enumerate(zip(exact, got_torch, got_fast)):
+        assert b.dtype == torch.bfloat16 and b.shape == a.shape, i
+        err_torch = (a.double() - e).abs().max().item()
+        err_fast = (b.double() - e).abs().max().item()
+        assert err_fast <= 2 * err_torch + 1e-3 * max(1.0, e.abs().max().item()), (i, err_fast, err_torch)
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason="no bfloat16 brgemm (AMX / AVX512-BF16) on this CPU or build")
+def test_bfloat16_training_saves_float32_gates_and_backward_checks_them():
+    """The native path is the one taken: the layer saves float32 gates and cells for a bfloat16
+    input, its backward accepts them, and refuses cells that do not match."""
+    T, B, I, H = 6, 3, 5, 8
+    bf = dict(dtype=torch.bfloat16)
+    x, h0, c0 = torch.randn(T, B, I, **bf), torch.zeros(B, H, **bf), torch.zeros(B, H, **bf)
+    w_ih, w_hh = torch.randn(4 * H, I, **bf), torch.randn(4 * H, H, **bf)
+    out, h_n, c_n, gates, cells = fastseq._C.lstm_layer_forward(x, h0, c0, w_ih, w_hh, None, None, None, None, False)
+    assert gates.dtype == torch.float32 and cells.dtype == torch.float32 and out.dtype == torch.bfloat16
+    grads = fastseq._C.lstm_layer_backward(torch.ones_like(out), None, None, x, h0, c0, w_ih, w_hh, None, None,
+                                           False, False, out, gates, cells, True)
+    assert all(g.dtype == torch.bfloat16 for g in grads[:5])
+    with pytest.raises(RuntimeError, match="cells must be float32 like gates"):
+        fastseq._C.lstm_layer_backward(torch.ones_like(out), None, None, x, h0, c0, w_ih, w_hh, None, None,
+                                       False, False, out, gates, cells.bfloat16(), True)
+
+
 @pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell", "RNNCell"])
 def test_cells_with_parametrized_weights_match_torch(cls):
     """A cell whose weight lives outside _parameters (torch.nn.utils.parametrize) reads it

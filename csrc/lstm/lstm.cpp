@@ -140,7 +140,16 @@ std::vector<at::Tensor> lstm_layer_backward(
   const LayerShape s = check_layer_args(op, input, h0, c0, w_ih, w_hh, std::nullopt,
                                         std::nullopt, w_hr);
   const int64_t* bs = checked_batch_sizes(batch_sizes, s.T, s.B, op);
-  check_common(op, input, {{"output", &output}, {"gates", &gates}, {"cells", &cells}});
+  check_common(op, input, {{"output", &output}});
+  if (lstm::saved_float32_for_backward(input, gates, w_hr.has_value())) {
+    // what layer_forward saves for a bfloat16 input on the CPU engine
+    TORCH_CHECK(cells.scalar_type() == at::kFloat, op, ": cells must be float32 like gates (a bfloat16 input's ",
+                "saved state), got ", cells.scalar_type());
+    check_same_device(gates, input, op, "gates", "input");
+    check_same_device(cells, input, op, "cells", "input");
+  } else {
+    check_common(op, input, {{"gates", &gates}, {"cells", &cells}});
+  }
   check_shape(output, op, "output", {s.T, s.B, s.P});
   check_shape(gates, op, "gates", {s.T, s.B, 4 * s.H});
   check_shape(cells, op, "cells", {s.T, s.B, s.H});

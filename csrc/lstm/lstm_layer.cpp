@@ -54,6 +54,14 @@ at::Tensor packed_d_w_hh(const at::Tensor& dgates, const at::Tensor& output, con
   return d_w_hh.defined() ? d_w_hh.add_(d_w_hh_first) : d_w_hh_first;
 }
 
+}  // namespace
+
+bool saved_float32_for_backward(const at::Tensor& input, const at::Tensor& gates, bool proj) {
+  return input.is_cpu() && input.scalar_type() == at::kBFloat16 && gates.scalar_type() == at::kFloat && !proj;
+}
+
+namespace {
+
 // The per-step path's inference projects the input in chunks of steps of at most this many
 // elements (8 MB of float32), as the engine does (recurrent/cpu_engine.cpp, kChunkBytes).
 constexpr int64_t kInferenceChunkElements = int64_t(1) << 21;
@@ -73,10 +81,13 @@ std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& inp
   const auto opts = input.options();
 
   at::Tensor output = batch_sizes ? at::zeros({T, B, P}, opts) : at::empty({T, B, P}, opts);
-  at::Tensor cells = save_for_backward ? at::empty({T, B, H}, opts) : at::empty({0}, opts);
+  // bfloat16 on the engine saves the gates and cell states in float32 (what its float32
+  // backward steps read): saved_float32_for_backward.
+  const bool bf16_engine = !proj && recurrent::engine_runs_bfloat16(input, H);
+  const auto saved_opts = bf16_engine ? opts.dtype(at::kFloat) : opts;
+  at::Tensor cells = save_for_backward ? at::empty({T, B, H}, saved_opts) : at::empty({0}, saved_opts);
   at::Tensor c_state = c0.clone(at::MemoryFormat::Contiguous);
-  if (!proj && (recurrent::engine_supports(input) ||
-                (!save_for_backward && recurrent::engine_runs_bfloat16(input, H)))) {
+  if (!proj && (recurrent::engine_supports(input) || bf16_engine)) {
     // The sequence engine: the input projection and every step (recurrent/cpu_engine.h).
     at::Tensor h_buf = at::empty({2, B, H}, opts);
     h_buf.select(0, 0).copy_(h0);
@@ -157,28 +168,39 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
   const int64_t H = c0.size(1), P = h0.size(1), G = 4 * H;
   const bool proj = w_hr.has_value();
   const auto opts = input.options();
+  // bfloat16 from the engine (float32 gates and cells, see layer_forward): the engine's
+  // bfloat16 backward steps, with the states' gradients in float32 and dG in bfloat16.
+  const bool bf16_steps = saved_float32_for_backward(input, gates, proj);
+  const auto state_opts = bf16_steps ? opts.dtype(at::kFloat) : opts;
+  const auto state_tensor = [&](const at::Tensor& t) {
+    return bf16_steps ? t.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true).contiguous()
+                      : t.clone(at::MemoryFormat::Contiguous);
+  };
 
   // Inactive rows must contribute exactly zero to the weight GEMMs, hence zeros there.
   at::Tensor dgates = batch_sizes ? at::zeros({T, B, G}, opts) : at::empty({T, B, G}, opts);
-  at::Tensor dh_state = grad_h_n.clone(at::MemoryFormat::Contiguous);
-  at::Tensor dc_state = grad_c_n.clone(at::MemoryFormat::Contiguous);
-  at::Tensor c0c = c0.contiguous();
-  at::Tensor dout = grad_output.contiguous();
+  at::Tensor dh_state = state_tensor(grad_h_n);
+  at::Tensor dc_state = state_tensor(grad_c_n);
+  at::Tensor c0c = bf16_steps ? c0.to(at::kFloat).contiguous() : c0.contiguous();
+  at::Tensor dout = bf16_steps ? grad_output.to(at::kFloat).contiguous() : grad_output.contiguous();
   at::Tensor dh_proj, h_pre_all, dh_pre;
   if (proj) {
     dh_proj = batch_sizes ? at::zeros({T, B, P}, opts) : at::empty({T, B, P}, opts);
     h_pre_all = batch_sizes ? at::zeros({T, B, H}, opts) : at::empty({T, B, H}, opts);
   }
 
-  const bool engine = !proj && recurrent::engine_supports(input);
-  at::Tensor packed = engine ? recurrent::pack_backward_weight(w_hh) : at::Tensor();
+  const bool engine = bf16_steps || (!proj && recurrent::engine_supports(input));
+  at::Tensor packed = bf16_steps ? recurrent::pack_backward_weight_bfloat16(w_hh)
+                      : engine   ? recurrent::pack_backward_weight(w_hh)
+                                 : at::Tensor();
   if (engine) {  // the sequence engine: every step in one parallel region
     recurrent::BackwardRun run{recurrent::CellKind::kLstm, T, B, H, batch_sizes, reverse, 0, T,
                                /*need_last_dh=*/true, dout.data_ptr(), dh_state.data_ptr(),
                                dc_state.data_ptr(), gates.data_ptr(), cells.data_ptr(),
                                c0c.data_ptr(), nullptr, nullptr, nullptr, dgates.data_ptr(),
                                dgates.data_ptr(), 0, &packed};
-    recurrent::run_backward(run, input.scalar_type());
+    if (bf16_steps) recurrent::backward_bfloat16_lstm(run, packed);
+    else recurrent::run_backward(run, input.scalar_type());
   }
 
   for (int64_t s = 0; s < T && !engine; ++s) {
@@ -214,7 +236,12 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
   at::Tensor d_w_ih = matmul_tn(dgates2d, x2d);
   at::Tensor d_w_hh = packed_d_w_hh(dgates, output, h0, batch_sizes, reverse);
 
+  // The bias gradient sums in float32 for bfloat16 (ATen's sum of bfloat16 does too).
   at::Tensor d_bias = has_bias ? dgates2d.sum(0) : at::empty({0}, opts);
+  if (bf16_steps) {
+    dh_state = dh_state.to(input.scalar_type());
+    dc_state = dc_state.to(input.scalar_type());
+  }
   at::Tensor d_w_hr = proj ? matmul_tn(dh_proj.view({T * B, P}), h_pre_all.view({T * B, H}))
                            : at::empty({0}, opts);
   return {d_input, dh_state, dc_state, d_w_ih, d_w_hh, d_bias, d_w_hr};

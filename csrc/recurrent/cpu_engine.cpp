@@ -341,13 +341,19 @@ void project_by_chunks(ForwardRun& run, const at::Tensor& x, const at::Tensor& w
   }
 }
 
-// bfloat16 LSTM inference: the input projection as bfloat16 GEMMs over chunks of steps, the
-// steps on brgemm (cpu_engine_bfloat16.cpp) with the bias and the cell state in float32.
+// bfloat16 LSTM: the input projection as bfloat16 GEMMs over chunks of steps, the steps on
+// brgemm (cpu_engine_bfloat16.cpp) with the bias and the cell state in float32. keep_gates
+// (training): the activated gates [T, B, 4H] come back in float32, and run.saved must be the
+// cell states [T, B, H] in float32.
 at::Tensor forward_sequence_bfloat16(ForwardRun run, const at::Tensor& x, const at::Tensor& w_ih,
                                      const at::Tensor& w_hh, const at::Tensor& bias_bf16, bool keep_gates) {
-  const int64_t B = run.B, H = run.H, GH = 4 * H;
-  TORCH_CHECK(run.kind == CellKind::kLstm && !keep_gates && engine_runs_bfloat16(x, H),
-              "fastseq recurrent engine: bfloat16 runs LSTM inference with H even on CPUs with bfloat16 brgemm");
+  const int64_t T = run.T, B = run.B, H = run.H, GH = 4 * H;
+  TORCH_CHECK(run.kind == CellKind::kLstm && engine_runs_bfloat16(x, H),
+              "fastseq recurrent engine: bfloat16 runs LSTM with H even on CPUs with bfloat16 brgemm");
+  TORCH_CHECK(keep_gates == (run.saved != nullptr),
+              "fastseq recurrent engine: bfloat16 training needs the float32 cell-state buffer, inference none");
+  at::Tensor gates = at::empty({keep_gates ? T : 0, B, GH}, x.options().dtype(at::kFloat));
+  run.gates = keep_gates ? gates.data_ptr() : nullptr;
   const at::Tensor packed = pack_forward_weight_bfloat16(w_hh);
   const at::Tensor bias = bias_bf16.defined() ? bias_bf16.to(at::kFloat) : at::zeros({GH}, x.options().dtype(at::kFloat));
   at::Tensor c_state = at::from_blob(run.c, {B, H}, x.options());
@@ -356,7 +362,7 @@ at::Tensor forward_sequence_bfloat16(ForwardRun run, const at::Tensor& x, const 
     if (B > 0 && H > 0) forward_bfloat16_lstm(chunk, packed, bias.data_ptr<float>(), c.data_ptr<float>());
   });
   c_state.copy_(c);
-  return at::empty({0}, x.options());
+  return gates;
 }
 
 }  // namespace

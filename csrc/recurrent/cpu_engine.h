@@ -78,8 +78,8 @@ struct ForwardRun {
 at::Tensor forward_sequence(ForwardRun run, const at::Tensor& x, const at::Tensor& w_ih,
                             const at::Tensor& w_hh, const at::Tensor& bias, bool keep_gates);
 
-// bfloat16 LSTM inference on the engine (cpu_engine_bfloat16.cpp): CPU bfloat16 [T, B, I]
-// input, T >= kMinEngineSteps, H even, and oneDNN's bfloat16 brgemm usable on this CPU (AMX or
+// bfloat16 LSTMs on the engine (cpu_engine_bfloat16.cpp): CPU bfloat16 [T, B, I] input,
+// T >= kMinEngineSteps, H even, and oneDNN's bfloat16 brgemm usable on this CPU (AMX or
 // AVX512-BF16) in an AVX-512 build. Elsewhere bfloat16 layers compute in float32.
 bool engine_runs_bfloat16(const at::Tensor& input, int64_t hidden_size);
 bool bfloat16_brgemm_available();
@@ -121,6 +121,12 @@ struct BackwardRun {
 void set_min_macs_per_thread(int64_t macs);
 int64_t get_min_macs_per_thread();
 void run_backward(const BackwardRun& run, c10::ScalarType dtype);
+
+// The bfloat16 LSTM backward steps: run as for run_backward with grad_out, dh, dc, gates,
+// cells and c0 in float32 and dgi the bfloat16 dG [.., B, 4H] (zeros in inactive rows);
+// packed = pack_backward_weight_bfloat16(w_hh), W_hh's columns in blocks of 16 units.
+at::Tensor pack_backward_weight_bfloat16(const at::Tensor& w_hh);
+void backward_bfloat16_lstm(const BackwardRun& run, const at::Tensor& packed);
 
 }  // namespace recurrent
 }  // namespace fastseq

@@ -14,7 +14,8 @@ OPS = ("lstm", "lstm_cell", "lstm_bf16")
 # bfloat16 layers (full suite): module and input in bfloat16 on both sides.
 BF16_GRID = [LayerShape(100, B, H) for B in (1, 8, 64) for H in (64, 256)] + [LayerShape(35, 64, 512)]
 BF16_NOTE = {"infer": "bfloat16 steps on oneDNN brgemm (AMX / AVX512-BF16) where the CPU has it, else float32 compute",
-             "train": "computes in float32 (bfloat16 inputs and outputs): no bfloat16 backward yet"}
+             "train": "bfloat16 steps on oneDNN brgemm forward and backward (float32 gate math and states) "
+                      "where the CPU has it, else float32 compute"}
 # Full suite: the training memory case of the recurrent issue (peak memory measured too).
 MEMORY_SHAPE = LayerShape(500, 32, 512, L=2, I=256)
 # Suite "scaling": one of T, B, H varied around T=100 B=16 H=128, one layer.

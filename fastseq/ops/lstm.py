@@ -6,6 +6,7 @@ decoder sizes): the layer goes through a plain autograd.Function, the cell throu
 fastseq._C.lstm_cell, whose autograd node is C++; under torch.compile the custom ops are
 used so that the graph has no breaks.
 """
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -34,12 +35,27 @@ def lstm_layer_forward(input: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh
                                        batch_sizes, reverse))
 
 
+@functools.lru_cache(maxsize=None)
+def _bfloat16_engine_available() -> bool:
+    # engine_runs_bfloat16 reads only the device, dtype, rank and length of its input
+    return _C.recurrent_engine_runs_bfloat16(torch.empty(4, 0, 0, dtype=torch.bfloat16), 2)
+
+
+def _saves_float32(input, c0, w_hr) -> bool:
+    """What _C.lstm_layer_forward decides: a CPU bfloat16 layer on the engine's bfloat16
+    steps saves its gates and cells in float32 (engine_runs_bfloat16, no projection)."""
+    return (input.dtype is torch.bfloat16 and input.device.type == "cpu" and w_hr is None
+            and input.dim() == 3 and input.shape[0] >= 4 and c0.shape[1] % 2 == 0 and c0.shape[1] > 0
+            and _bfloat16_engine_available())
+
+
 @lstm_layer_forward.register_fake
 def _(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse):
     T, B = input.shape[0], input.shape[1]
     H, P = c0.shape[1], h0.shape[1]
+    saved = dict(dtype=torch.float32) if _saves_float32(input, c0, w_hr) else {}
     return (input.new_empty(T, B, P), h0.new_empty(B, P), c0.new_empty(B, H),
-            input.new_empty(T, B, 4 * H), input.new_empty(T, B, H))
+            input.new_empty(T, B, 4 * H, **saved), input.new_empty(T, B, H, **saved))
 
 
 @torch.library.custom_op("fastseq::lstm_layer_backward", mutates_args=(), device_types=None)
@@ -129,9 +145,10 @@ class _LSTMLayerFunction(torch.autograd.Function):
 
 
 def _runs_bfloat16(x, state, weights, *rest):
-    """LSTM inference that the engine runs in bfloat16 itself (no projection, no autograd,
-    not being traced by torch.compile)."""
-    return (not torch.is_grad_enabled() and weights[4] is None and not use_custom_op(x)
+    """An LSTM layer that the engine runs in bfloat16 itself (no projection, not being
+    traced by torch.compile): inference, and training, whose backward runs the engine's
+    bfloat16 backward steps (float32 pointwise, bfloat16 brgemms)."""
+    return (weights[4] is None and not use_custom_op(x)
             and _C.recurrent_engine_runs_bfloat16(x, state[1].shape[-1]))
 
 
