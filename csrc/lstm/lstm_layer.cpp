@@ -81,8 +81,8 @@ std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& inp
   const auto opts = input.options();
 
   at::Tensor output = batch_sizes ? at::zeros({T, B, P}, opts) : at::empty({T, B, P}, opts);
-  // bfloat16 on the engine saves the gates and cell states in float32 (what its float32
-  // backward steps read): saved_float32_for_backward.
+  // bfloat16 on the engine saves the gates and cell states in float32 (what the float32
+  // pointwise math of its backward steps reads): saved_float32_for_backward.
   const bool bf16_engine = !proj && recurrent::engine_runs_bfloat16(input, H);
   const auto saved_opts = bf16_engine ? opts.dtype(at::kFloat) : opts;
   at::Tensor cells = save_for_backward ? at::empty({T, B, H}, saved_opts) : at::empty({0}, saved_opts);
@@ -171,7 +171,6 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
   // bfloat16 from the engine (float32 gates and cells, see layer_forward): the engine's
   // bfloat16 backward steps, with the states' gradients in float32 and dG in bfloat16.
   const bool bf16_steps = saved_float32_for_backward(input, gates, proj);
-  const auto state_opts = bf16_steps ? opts.dtype(at::kFloat) : opts;
   const auto state_tensor = [&](const at::Tensor& t) {
     return bf16_steps ? t.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true).contiguous()
                       : t.clone(at::MemoryFormat::Contiguous);

@@ -35,7 +35,7 @@ std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& inp
                                       bool save_for_backward);
 
 // True when layer_forward saved the gates and cells in float32 for a bfloat16 input (the CPU
-// engine's bfloat16 steps); layer_backward then runs its steps in float32.
+// engine's bfloat16 steps); layer_backward then runs the engine's bfloat16 backward steps.
 bool saved_float32_for_backward(const at::Tensor& input, const at::Tensor& gates, bool proj);
 
 std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& grad_output,

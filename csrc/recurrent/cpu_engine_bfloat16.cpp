@@ -4,9 +4,10 @@
 // (bfloat16) x the block's packed W_hh panel [H, 4 x 16] (VNNI) into a float32 tile, then the
 // gate math on that tile while it is in L1, with the cell state in float32; h is rounded to
 // bfloat16 (torch's bf16 LSTM rounds it too: the next step's GEMM reads bfloat16). Training
-// also keeps the activated gates and the cell states in float32, for the float32 backward
-// steps (lstm_layer.cpp). The input projection is one bfloat16 GEMM per chunk of steps
-// (cpu_engine.cpp).
+// also keeps the activated gates and the cell states in float32; its backward steps run the
+// pointwise backward in float32 and write dG in bfloat16, then per block of 16 units one
+// brgemm dG_t [rows, 4H] x the block's packed W_hh columns [4H, 16] into float32 dh.
+// The input projection is one bfloat16 GEMM per chunk of steps (cpu_engine.cpp).
 #include "common/cpu_vec.h"  // first: picks the at::vec ISA
 
 #include "recurrent/cpu_engine.h"
