@@ -765,3 +765,30 @@ def test_with_weights_float32_brgemm_path_matches_math(L, S, mask, gqa, scale):
     ref_w = s.softmax(-1).nan_to_num(0.0)  # fully masked rows: zero weights (documented)
     torch.testing.assert_close(w, ref_w, atol=2e-6, rtol=1e-5)
     torch.testing.assert_close(out, ref_w @ vv, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("L", [7, 67])  # the decoding path (L < 16) and the tiled ones
+def test_output_laid_out_by_position_and_head_merge_gradient_read_in_place(dtype, L):
+    # As torch's CPU flash attention: out is [B, L, H, D] in memory, so a model's
+    # y.transpose(1, 2).reshape(B, L, H * D) is a view, and the gradient that comes back
+    # through that view (strided, not contiguous) is read where it is.
+    torch.manual_seed(0)
+    B, H, D = 2, 3, 16
+    qkv = torch.randn(B, L, 3 * H * D, dtype=torch.float64).to(dtype).requires_grad_()
+    grad = torch.randn(B, L, H * D, dtype=torch.float64).to(dtype)
+    results = []
+    for f in (FF.scaled_dot_product_attention, torch_sdpa):
+        q, k, v = qkv.view(B, L, 3, H, D).permute(2, 0, 3, 1, 4)
+        out = f(q, k, v, is_causal=True)
+        if f is FF.scaled_dot_product_attention:
+            assert out.transpose(1, 2).is_contiguous()
+        merged = out.transpose(1, 2).reshape(B, L, H * D)
+        if f is FF.scaled_dot_product_attention:
+            assert merged.data_ptr() == out.data_ptr()  # a view, no copy
+        results.append((merged, *torch.autograd.grad(merged, [qkv], grad)))
+    tol = dict(atol=1e-10, rtol=0) if dtype == torch.float64 else dict(atol=2e-2, rtol=2e-2)
+    if dtype == torch.float32:
+        tol = dict(atol=2e-5, rtol=0)
+    for ours, ref in zip(*results):
+        torch.testing.assert_close(ours.double(), ref.double(), **tol)

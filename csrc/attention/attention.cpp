@@ -65,6 +65,8 @@ at::Tensor kernel_ready(const at::Tensor& t) {
   return ok ? t : t.contiguous();
 }
 
+attn::RowLayout row_layout(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2)}; }
+
 at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 attn::Dtype params_dtype(at::ScalarType t) {
@@ -125,12 +127,15 @@ std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_forward(
   check_scalars(dropout_p, scale);
   const at::Tensor q = kernel_ready(query), k = kernel_ready(key), v = kernel_ready(value);
   const int64_t B = q.size(0), Hq = q.size(1), L = q.size(2), S = k.size(2), Ev = v.size(3);
-  at::Tensor out = at::empty({B, Hq, L, Ev}, q.options());
+  // Laid out [B, L, Hq, Ev] as torch's CPU flash attention lays its output: the heads'
+  // rows of one position together, so merging the heads back is a view.
+  at::Tensor out = at::empty({B, L, Hq, Ev}, q.options()).transpose(1, 2);
   at::Tensor lse = at::empty({B, Hq, L}, q.options().dtype(acc_dtype(q.scalar_type())));
   std::optional<at::Tensor> weights;
   if (return_weights) weights = at::empty({B, Hq, L, S}, q.options());
   if (B * Hq * L == 0) return {out, lse, weights};  // no query row: nothing to compute
-  const attn::Params params = make_params(q, k, v, attn_mask, dropout_p, is_causal, scale, seed);
+  attn::Params params = make_params(q, k, v, attn_mask, dropout_p, is_causal, scale, seed);
+  params.out_rows = row_layout(out);
   const attn::ForwardOutputs outputs{out.data_ptr(), lse.data_ptr(), data_or_null(weights)};
 #ifdef FASTSEQ_WITH_CUDA
   if (q.is_cuda()) {
@@ -171,7 +176,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attent
   TORCH_CHECK(!mask_grad || (attn_mask && attn_mask->scalar_type() != at::kBool), kOp,
               ": mask_grad needs an additive (floating-point) attn_mask");
   const at::Tensor q = kernel_ready(query), k = kernel_ready(key), v = kernel_ready(value);
-  const at::Tensor go = grad_out.contiguous(), o = out.contiguous(), l = lse.contiguous();
+  // grad_out and out are read in place where their rows are (the forward's [B, L, Hq, Ev]
+  // layout, and the gradient of a head merge, are), copied otherwise.
+  const at::Tensor go = kernel_ready(grad_out), o = kernel_ready(out), l = lse.contiguous();
   // Gradients come out contiguous in the shapes of q, k, v.
   at::Tensor dq = at::empty(q.sizes(), q.options());
   at::Tensor dk = at::empty(k.sizes(), k.options());
@@ -183,7 +190,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::optional<at::Tensor>> attent
     gw = grad_weights->contiguous();
   }
   if (dq.numel() + dk.numel() + dv.numel() > 0) {
-    const attn::Params params = make_params(q, k, v, attn_mask, dropout_p, is_causal, scale, seed);
+    attn::Params params = make_params(q, k, v, attn_mask, dropout_p, is_causal, scale, seed);
+    params.out_rows = row_layout(o);
+    params.grad_out_rows = row_layout(go);
     const attn::BackwardBuffers buffers{go.const_data_ptr(), o.const_data_ptr(), l.const_data_ptr(),
                                         w ? w->const_data_ptr() : nullptr,
                                         gw ? gw->const_data_ptr() : nullptr, dq.data_ptr(),

@@ -535,7 +535,7 @@ void forward_brgemm(const Problem<float>& P, float* out, float* lse) {
       for (int64_t r = 0; r < nq; ++r) {
         const int64_t row = (b * P.Hq + h) * L + q0 + r;
         const float inv = am::inverse_row_sum(l_run[r]);
-        float* dst = out + row * Ev;
+        float* dst = out + P.out_rows.at(b, h, q0 + r);
         const float* src = o + r * Ev;
 #pragma omp simd
         for (int64_t e = 0; e < Ev; ++e) dst[e] = src[e] * inv;
@@ -717,7 +717,8 @@ void forward_decode(const Problem<float>& P, float* out, float* lse) {
       }
       const int64_t row = (b * P.Hq + h) * L + i;
       const float inv = am::inverse_row_sum(l);
-      for (int64_t e = 0; e < Ev; ++e) out[row * Ev + e] = acc[e] * inv;
+      float* dst = out + P.out_rows.at(b, h, i);
+      for (int64_t e = 0; e < Ev; ++e) dst[e] = acc[e] * inv;
       lse[row] = am::row_logsumexp(M, l);
     }
   });
@@ -766,7 +767,7 @@ void forward_brgemm_weights(const Problem<float>& P, float* out, float* lse, flo
       } else {
         std::fill(o, o + nq * Ev, 0.f);
       }
-      for (int64_t r = 0; r < nq; ++r) std::copy(o + r * Ev, o + (r + 1) * Ev, out + (bh * L + q0 + r) * Ev);
+      for (int64_t r = 0; r < nq; ++r) std::copy(o + r * Ev, o + (r + 1) * Ev, out + P.out_rows.at(b, h, q0 + r));
     }
     cpublas::brgemm_release(false);
   });
@@ -914,7 +915,7 @@ void forward_brgemm_reduced(const Problem<scalar_t>& P, scalar_t* out, float* ls
       for (int64_t r = 0; r < nq; ++r) {
         const int64_t row = (b * P.Hq + h) * L + q0 + r;
         const float inv = am::inverse_row_sum(l_run[r]);
-        scalar_t* dst = out + row * Ev;
+        scalar_t* dst = out + P.out_rows.at(b, h, q0 + r);
         const float* src = o + r * ldo;
         for (int64_t e = 0; e < Ev; ++e) dst[e] = static_cast<scalar_t>(src[e] * inv);
         lse[row] = am::row_logsumexp(m_run[r], l_run[r]);
@@ -937,10 +938,64 @@ bool try_forward_brgemm<c10::BFloat16>(const Problem<c10::BFloat16>& P, c10::BFl
   forward_brgemm_reduced(P, out, lse);
   return true;
 }
+
+// The [B, H, N, D] rows of a strided scalar_t tensor as a contiguous float32 tensor (exact).
+template <typename scalar_t>
+at::Tensor float_copy(const scalar_t* src, int64_t B, int64_t H, int64_t N, int64_t D, int64_t sb,
+                      int64_t sh, int64_t sn) {
+  at::Tensor t = at::empty({B, H, N, D}, at::TensorOptions().dtype(at::kFloat));
+  float* const dst = t.data_ptr<float>();
+  at::parallel_for(0, B * H * N, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r % N, bh = r / N, h = bh % H, b = bh / H;
+      const scalar_t* s = src + b * sb + h * sh + n * sn;
+      float* d = dst + r * D;
+      for (int64_t e = 0; e < D; ++e) d[e] = static_cast<float>(s[e]);
+    }
+  });
+  return t;
+}
+
+// float16 where oneDNN cannot pack it (no AMX-FP16: Sapphire Rapids, AVX-512 without it):
+// forward_brgemm on float32 copies of q, k and v (the conversions are exact; the products
+// then accumulate in float32 as the packed path's do, and P V keeps P in float32 rather than
+// rounding it to float16), written back to out rounded once. Measured on a 2-core Xeon with
+// AVX512-FP16 but no AMX-FP16, B=2 H=8 L=S=512 D=64: the tile_gemm path it replaces ran
+// 0.61x torch's float16 flash kernel. An additive float16 mask would need a float32 copy too
+// and keeps the tile path.
+void forward_half_as_float(const Problem<c10::Half>& P, c10::Half* out, float* lse) {
+  const at::Tensor q = float_copy(P.q, P.B, P.Hq, P.L, P.E, P.q_sb, P.q_sh, P.q_sl);
+  const at::Tensor k = float_copy(P.k, P.B, P.Hk, P.S, P.E, P.k_sb, P.k_sh, P.k_ss);
+  const at::Tensor v = float_copy(P.v, P.B, P.Hk, P.S, P.Ev, P.v_sb, P.v_sh, P.v_ss);
+  at::Tensor o = at::empty({P.B, P.Hq, P.L, P.Ev}, at::TensorOptions().dtype(at::kFloat));
+  attn::Params f = static_cast<const attn::Params&>(P);
+  f.dtype = attn::Dtype::kFloat32;
+  f.q = q.const_data_ptr(), f.k = k.const_data_ptr(), f.v = v.const_data_ptr();
+  f.q_sb = P.Hq * P.L * P.E, f.q_sh = P.L * P.E, f.q_sl = P.E;
+  f.k_sb = P.Hk * P.S * P.E, f.k_sh = P.S * P.E, f.k_ss = P.E;
+  f.v_sb = P.Hk * P.S * P.Ev, f.v_sh = P.S * P.Ev, f.v_ss = P.Ev;
+  f.out_rows = {P.Hq * P.L * P.Ev, P.L * P.Ev, P.Ev};
+  forward_brgemm(Problem<float>(f), o.data_ptr<float>(), lse);
+  const float* const src = o.const_data_ptr<float>();
+  at::parallel_for(0, P.B * P.Hq * P.L, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t i = r % P.L, bh = r / P.L, h = bh % P.Hq, b = bh / P.Hq;
+      c10::Half* d = out + P.out_rows.at(b, h, i);
+      for (int64_t e = 0; e < P.Ev; ++e) d[e] = static_cast<c10::Half>(src[r * P.Ev + e]);
+    }
+  });
+}
+
 template <>
 bool try_forward_brgemm<c10::Half>(const Problem<c10::Half>& P, c10::Half* out, float* lse) {
-  if (P.L < kMinRowsToPack || P.E % 2 != 0 || !P.brgemm || !reduced_brgemm_available(at::kHalf)) return false;
-  forward_brgemm_reduced(P, out, lse);
+  if (P.L < kMinRowsToPack || !P.brgemm) return false;
+  if (reduced_brgemm_available(at::kHalf)) {
+    if (P.E % 2 != 0) return false;
+    forward_brgemm_reduced(P, out, lse);
+    return true;
+  }
+  if (P.mask_kind == MaskKind::kAdditive) return false;
+  forward_half_as_float(P, out, lse);
   return true;
 }
 
@@ -1042,7 +1097,7 @@ void forward_kernel(const Problem<scalar_t>& P, scalar_t* out, acc_type<scalar_t
       for (int64_t r = 0; r < nq; ++r) {
         const int64_t row = (b * P.Hq + h) * L + q0 + r;
         const acc_t inv = weights ? acc_t(1) : am::inverse_row_sum(l_run[r]);
-        scalar_t* dst = out + row * Ev;
+        scalar_t* dst = out + P.out_rows.at(b, h, q0 + r);
         const acc_t* src = o + r * Ev;
         for (int64_t e = 0; e < Ev; ++e) dst[e] = static_cast<scalar_t>(src[e] * inv);
         lse[row] = am::row_logsumexp(m_run[r], l_run[r]);
@@ -1140,11 +1195,11 @@ void backward_kernel(const Problem<scalar_t>& P, const BackwardIO<scalar_t>& io)
         const int64_t h = hk * G + g, bh = b * P.Hq + h;
         q_heads[g] = as_acc(P.q + b * P.q_sb + h * P.q_sh, L, E, P.q_sl,
                             kConvert ? q_full + g * L * E : nullptr, q_ld[g]);
-        do_heads[g] = as_acc(io.grad_out + bh * L * Ev, L, Ev, Ev,
+        do_heads[g] = as_acc(io.grad_out + P.grad_out_rows.at(b, h, 0), L, Ev, P.grad_out_rows.sl,
                              kConvert ? do_full + g * L * Ev : nullptr, do_ld[g]);
         // D = rowsum(dO * O) (+ rowsum(W * dW)): the softmax backward's per-row constant.
         for (int64_t i = 0; i < L; ++i) {
-          const scalar_t* orow = io.out + (bh * L + i) * Ev;
+          const scalar_t* orow = io.out + P.out_rows.at(b, h, i);
           const acc_t* dorow = do_heads[g] + i * do_ld[g];
           acc_t d = 0;
           for (int64_t e = 0; e < Ev; ++e) d += dorow[e] * static_cast<acc_t>(orow[e]);
@@ -1255,6 +1310,7 @@ void backward_brgemm(const Problem<float>& P, const BackwardIO<float>& io) {
   const int64_t Bq = std::max<int64_t>(1, std::min(P.tune.br_block_q_bwd, L));
   const int64_t Bk = std::max<int64_t>(1, std::min<int64_t>(P.tune.br_block_k_bwd, S));
   const int64_t ldk = padded_ld(Bk), ldl = padded_ld(L);
+  const int64_t do_ld = P.grad_out_rows.sl;  // dO's row stride
   const bool dropout = P.dropout_p > 0.f;
   const float scale = P.scale;
 
@@ -1293,12 +1349,12 @@ void backward_brgemm(const Problem<float>& P, const BackwardIO<float>& io) {
       for (int64_t g = 0; g < G && unit != prepared_unit; ++g) {
         const int64_t h = hk * G + g, bh = b * P.Hq + h;
         const float* qh = P.q + b * P.q_sb + h * P.q_sh;
-        const float* doh = io.grad_out + bh * L * Ev;
+        const float* doh = io.grad_out + P.grad_out_rows.at(b, h, 0);
         tile_gemm::transpose<float>(L, E, qh, P.q_sl, qt_all + g * E * ldl, ldl);
-        tile_gemm::transpose<float>(L, Ev, doh, Ev, dot_all + g * Ev * ldl, ldl);
+        tile_gemm::transpose<float>(L, Ev, doh, do_ld, dot_all + g * Ev * ldl, ldl);
         for (int64_t i = 0; i < L; ++i) {
-          const float* orow = io.out + (bh * L + i) * Ev;
-          const float* dorow = doh + i * Ev;
+          const float* orow = io.out + P.out_rows.at(b, h, i);
+          const float* dorow = doh + i * do_ld;
           float d = 0;
 #pragma omp simd reduction(+ : d)
           for (int64_t e = 0; e < Ev; ++e) d += dorow[e] * orow[e];
@@ -1325,7 +1381,7 @@ void backward_brgemm(const Problem<float>& P, const BackwardIO<float>& io) {
         for (int64_t g = 0; g < G; ++g) {
           const int64_t h = hk * G + g, bh = b * P.Hq + h;
           const float* qh = P.q + b * P.q_sb + h * P.q_sh;
-          const float* doh = io.grad_out + bh * L * Ev;
+          const float* doh = io.grad_out + P.grad_out_rows.at(b, h, 0);
           for (int64_t q0 = q_begin; q0 < L; q0 += Bq) {
             const int64_t nq = std::min(Bq, L - q0);
             const TileMask tm = classify_tile(P, b, h, q0, nq, k0, nk);
@@ -1359,7 +1415,7 @@ void backward_brgemm(const Problem<float>& P, const BackwardIO<float>& io) {
             // dV^T += dO^T Pd ; dP = dO V^T
             cpublas::brgemm(Ev, nk, nq, ldl, ldk, ldk, !first, dot_all + g * Ev * ldl + q0, pv,
                             dvt, false);
-            cpublas::brgemm(nq, nk, Ev, Ev, ldk, ldk, false, doh + q0 * Ev, vt, dp, false);
+            cpublas::brgemm(nq, nk, Ev, do_ld, ldk, ldk, false, doh + q0 * do_ld, vt, dp, false);
             for (int64_t r = 0; r < nq; ++r) {
               const int64_t i = q0 + r;
               float* dprow = dp + r * ldk;

@@ -172,7 +172,7 @@ __global__ void forward_kernel(ForwardArgs args) {
     }
     inv = 1.f;
   }
-  T* o_row = static_cast<T*>(args.o.out) + row * p.Ev;
+  T* o_row = static_cast<T*>(args.o.out) + p.out_rows.at(r.b, r.h, r.i);
 #pragma unroll
   for (int c = 0; c < kPerLane; ++c) {
     const int64_t e = lane + c * kWarp;
@@ -191,8 +191,9 @@ __global__ void row_dot_kernel(BackwardArgs bp) {
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
   if (row >= p.B * p.Hq * p.L) return;
-  const T* o = static_cast<const T*>(bp.io.out) + row * p.Ev;
-  const T* go = static_cast<const T*>(bp.io.grad_out) + row * p.Ev;
+  const RowIndex r = decode_row(p, row);
+  const T* o = static_cast<const T*>(bp.io.out) + p.out_rows.at(r.b, r.h, r.i);
+  const T* go = static_cast<const T*>(bp.io.grad_out) + p.grad_out_rows.at(r.b, r.h, r.i);
   float d = 0.f;
   for (int64_t e = lane; e < p.Ev; e += kWarp) d += to_float(o[e]) * to_float(go[e]);
   if (bp.io.grad_weights != nullptr) {
@@ -240,7 +241,7 @@ __global__ void dq_kernel(BackwardArgs bp) {
   float* q_sh = smem + warp * (p.E + p.Ev);
   float* go_sh = q_sh + p.E;
   const T* q_row = static_cast<const T*>(p.q) + r.b * p.q_sb + r.h * p.q_sh + r.i * p.q_sl;
-  const T* go_row = static_cast<const T*>(bp.io.grad_out) + row * p.Ev;
+  const T* go_row = static_cast<const T*>(bp.io.grad_out) + p.grad_out_rows.at(r.b, r.h, r.i);
   for (int64_t e = lane; e < p.E; e += kWarp) q_sh[e] = to_float(q_row[e]);
   for (int64_t e = lane; e < p.Ev; e += kWarp) go_sh[e] = to_float(go_row[e]);
   __syncwarp();
@@ -302,7 +303,7 @@ __global__ void dkv_kernel(BackwardArgs bp) {
   for (int64_t g = 0; g < p.group; ++g) {
     const int64_t h = hk * p.group + g;
     const T* q_head = static_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
-    const T* go_head = static_cast<const T*>(bp.io.grad_out) + (b * p.Hq + h) * p.L * p.Ev;
+    const T* go_head = static_cast<const T*>(bp.io.grad_out) + p.grad_out_rows.at(b, h, 0);
     for (int64_t i0 = i_begin; i0 < p.L; i0 += kWarp) {
       const int64_t i = i0 + lane;
       PairGrad pg{0.f, 0.f};
@@ -310,7 +311,7 @@ __global__ void dkv_kernel(BackwardArgs bp) {
         RowIndex r{b, h, hk, i};
         const int64_t row = (b * p.Hq + h) * p.L + i;
         const float raw = dot_shared(k_sh, q_head + i * p.q_sl, p.E);
-        const float dp = dot_shared(v_sh, go_head + i * p.Ev, p.Ev);
+        const float dp = dot_shared(v_sh, go_head + i * p.grad_out_rows.sl, p.Ev);
         pg = pair_grad<T>(bp, r, row, j, raw, dp);
       }
       const int64_t n = p.L - i0 < kWarp ? p.L - i0 : kWarp;
@@ -318,7 +319,7 @@ __global__ void dkv_kernel(BackwardArgs bp) {
         const float pt = __shfl_sync(kFullMask, pg.p_dropped, t);
         const float dst = __shfl_sync(kFullMask, pg.ds, t);
         const T* q_i = q_head + (i0 + t) * p.q_sl;
-        const T* go_i = go_head + (i0 + t) * p.Ev;
+        const T* go_i = go_head + (i0 + t) * p.grad_out_rows.sl;
 #pragma unroll
         for (int c = 0; c < kPerLane; ++c) {
           const int64_t e = lane + c * kWarp;

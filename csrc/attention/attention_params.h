@@ -13,6 +13,15 @@ namespace attn {
 enum class Dtype : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 enum class MaskKind : int { kNone = 0, kBool = 1, kAdditive = 2 };
 
+// Where the rows of a [B, H, L, D] tensor with unit stride along D start: the output and its
+// gradient are read and written through this, so the output can be laid out [B, L, H, D] as
+// torch's CPU flash attention does (a model's y.transpose(1, 2).reshape(B, L, H * D) is then
+// a view, and the gradient arriving through it is read in place).
+struct RowLayout {
+  int64_t sb, sh, sl;
+  FASTSEQ_HOST_DEVICE int64_t at(int64_t b, int64_t h, int64_t i) const { return b * sb + h * sh + i * sl; }
+};
+
 // Shapes as in attention.h: q [B, Hq, L, E], k [B, Hk, S, E], v [B, Hk, S, Ev] (unit stride
 // along the last dim, row strides covering a row), mask [B, Hq, L, S] with any strides (0 on
 // broadcast dims): additive in the inputs' dtype or bool as bytes. Elements are `dtype`.
@@ -26,6 +35,8 @@ struct Params {
   int64_t B, Hq, Hk, L, S, E, Ev, group;  // group = Hq / Hk query heads per key head
   int64_t q_sb, q_sh, q_sl, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss;
   int64_t m_sb, m_sh, m_sl, m_ss;
+  RowLayout out_rows;       // out [B, Hq, L, Ev]: written by a forward, read by a backward
+  RowLayout grad_out_rows;  // grad_out [B, Hq, L, Ev] (backward only)
   double scale;       // a kernel rounds it once to its accumulation type
   bool causal;        // key j is seen by row i iff j <= i (torch's top-left tril)
   float dropout_p;    // the dropout hash compares in float on CPU and GPU alike
@@ -38,7 +49,7 @@ struct Params {
   }
 };
 
-// Where a forward writes: out [B, Hq, L, Ev] contiguous in dtype; lse [B, Hq, L] in the
+// Where a forward writes: out [B, Hq, L, Ev] in dtype, rows at Params::out_rows; lse [B, Hq, L] in the
 // accumulation type (float64 for float64, float32 otherwise); weights [B, Hq, L, S]
 // contiguous in dtype, or null (no weights output).
 struct ForwardOutputs {
@@ -47,8 +58,8 @@ struct ForwardOutputs {
   void* weights;
 };
 
-// What a backward reads and writes, all contiguous: grad_out, out [B, Hq, L, Ev] and lse as
-// the forward left them; weights and grad_weights [B, Hq, L, S] (both or neither); dq, dk,
+// What a backward reads and writes: grad_out and out [B, Hq, L, Ev] with rows at
+// Params::grad_out_rows and out_rows; the rest contiguous: lse as the forward left it; weights and grad_weights [B, Hq, L, S] (both or neither); dq, dk,
 // dv in the shapes of q, k, v; dmask [B, Hq, L, S] in the accumulation type, zero-filled,
 // or null (no mask gradient).
 struct BackwardBuffers {

@@ -63,7 +63,8 @@ def attention_backward(grad_out: Tensor, grad_weights: Optional[Tensor], weights
 
 def _fake_forward(query, key, value, attn_mask, dropout_p, is_causal, scale):
     B, Hq, L, _ = query.shape
-    out = query.new_empty((B, Hq, L, value.shape[-1]))
+    # The kernels' layout: [B, L, Hq, Ev] memory seen as [B, Hq, L, Ev] (attention.cpp).
+    out = query.new_empty((B, L, Hq, value.shape[-1])).transpose(1, 2)
     lse = query.new_empty((B, Hq, L), dtype=_acc_dtype(query.dtype))
     seed = torch.empty((), dtype=torch.int64)
     return out, lse, seed
