@@ -12,6 +12,10 @@
 #include <c10/core/ScalarType.h>
 #include <c10/util/BFloat16.h>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -307,7 +311,13 @@ inline f32x16 fast_exp16(f32x16 x) {
   const f32x16 t = x * 1.4426950408889634f;
   f32x16 tc = t < -126.f ? f32x16{} - 126.f : t;
   tc = tc > 127.f ? f32x16{} + 127.f : tc;
+#if defined(__AVX512F__)
+  // Round to nearest even in one vrndscaleps: the same n as the 1.5 * 2^23 trick below.
+  const f32x16 n = reinterpret_cast<f32x16>(
+      _mm512_maskz_roundscale_ps(0xFFFF, reinterpret_cast<__m512>(tc), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#else
   const f32x16 n = (tc + 12582912.f) - 12582912.f;
+#endif
   const f32x16 f = tc - n;
   f32x16 p = f * 1.5353362e-4f + 1.3398874e-3f;
   p = p * f + 9.6182299e-3f;
@@ -315,10 +325,16 @@ inline f32x16 fast_exp16(f32x16 x) {
   p = p * f + 2.4022648e-1f;
   p = p * f + 6.9314718e-1f;
   p = p * f + 1.0f;
+#if defined(__AVX512F__)
+  // p * 2^n by vscalefps: exactly the product below (n is an integer in [-126, 127], the
+  // product correctly rounded either way) in one instruction instead of four.
+  const f32x16 r = reinterpret_cast<f32x16>(_mm512_maskz_scalef_ps(0xFFFF, reinterpret_cast<__m512>(p), reinterpret_cast<__m512>(n)));
+#else
   const i32x16 bits = (__builtin_convertvector(n, i32x16) + 127) << 23;
   f32x16 scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   const f32x16 r = p * scale;
+#endif
   return t < -126.f ? f32x16{} : r;
 }
 
