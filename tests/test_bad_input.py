@@ -456,6 +456,8 @@ def test_models_checkpoint_of_another_model(tmp_path, capsys):
     (dict(block_q=0), ValueError, r"block_q must be an int in \[1, 4096\], got 0"),
     (dict(block_k_bwd=5000), ValueError, r"block_k_bwd must be an int in \[1, 4096\], got 5000"),
     (dict(br_block_q=-1), ValueError, r"br_block_q must be an int in \[0, 4096\] \(0: chosen by L\), got -1"),
+    (dict(br_block_k_bwd=-2), ValueError,
+     r"br_block_k_bwd must be an int in \[0, 4096\] \(0: chosen by is_causal\), got -2"),
     (dict(block_q="8"), TypeError, r"block_q must be an int, got the str '8'"),
     (dict(block_q=8.0), TypeError, r"block_q must be an int or a str, got float"),
     (dict(block_q=True), TypeError, r"block_q must be an int or a str, got bool"),

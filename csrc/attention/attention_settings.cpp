@@ -29,16 +29,17 @@ struct TileField {
   const char* name;
   int64_t AttentionSettings::*field;
   int64_t min;
+  const char* zero_means;  // what 0 selects, where min is 0
 };
 constexpr TileField kTiles[] = {
-    {"block_q", &AttentionSettings::block_q, 1},
-    {"block_k", &AttentionSettings::block_k, 1},
-    {"block_q_bwd", &AttentionSettings::block_q_bwd, 1},
-    {"block_k_bwd", &AttentionSettings::block_k_bwd, 1},
-    {"br_block_q", &AttentionSettings::br_block_q, 0},
-    {"br_block_k", &AttentionSettings::br_block_k, 1},
-    {"br_block_q_bwd", &AttentionSettings::br_block_q_bwd, 1},
-    {"br_block_k_bwd", &AttentionSettings::br_block_k_bwd, 1},
+    {"block_q", &AttentionSettings::block_q, 1, ""},
+    {"block_k", &AttentionSettings::block_k, 1, ""},
+    {"block_q_bwd", &AttentionSettings::block_q_bwd, 1, ""},
+    {"block_k_bwd", &AttentionSettings::block_k_bwd, 1, ""},
+    {"br_block_q", &AttentionSettings::br_block_q, 0, "chosen by L"},
+    {"br_block_k", &AttentionSettings::br_block_k, 1, ""},
+    {"br_block_q_bwd", &AttentionSettings::br_block_q_bwd, 1, ""},
+    {"br_block_k_bwd", &AttentionSettings::br_block_k_bwd, 0, "chosen by is_causal"},
 };
 
 std::string valid_names() {
@@ -99,8 +100,8 @@ void set_attention_settings(const std::map<std::string, AttentionSettingValue>& 
     TORCH_CHECK_TYPE(n != nullptr, kFn, ": ", name, " must be an int, got the str '",
                      std::get<std::string>(value), "'");
     TORCH_CHECK_VALUE(*n >= tile->min && *n <= kMaxTile, kFn, ": ", name, " must be an int in [",
-                      tile->min, ", ", kMaxTile, "]", tile->min == 0 ? " (0: chosen by L)" : "",
-                      ", got ", *n);
+                      tile->min, ", ", kMaxTile, "]", tile->min == 0 ? " (0: " : "", tile->zero_means,
+                      tile->min == 0 ? ")" : "", ", got ", *n);
     next.*(tile->field) = *n;
   }
   settings = next;

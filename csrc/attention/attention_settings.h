@@ -24,9 +24,10 @@ struct AttentionSettings {
   // block_k floats, well within L2). Backward: the same for its probability and dP tiles.
   int64_t block_q = 64, block_k = 256;
   int64_t block_q_bwd = 64, block_k_bwd = 128;
-  // Tiles of the brgemm kernels; br_block_q = 0 picks the forward's query tile by L.
+  // Tiles of the brgemm kernels; br_block_q = 0 picks the forward's query tile by L,
+  // br_block_k_bwd = 0 the backward's key tile by is_causal.
   int64_t br_block_q = 0, br_block_k = 512;
-  int64_t br_block_q_bwd = 64, br_block_k_bwd = 128;
+  int64_t br_block_q_bwd = 64, br_block_k_bwd = 0;
 };
 
 // A copy of the settings now in force (the kernels take one per call).

@@ -14,7 +14,8 @@ def attention_settings(**changes):
     gemm: "auto" (oneDNN brgemm where it serves this CPU, else the AVX-512 tile kernel, else
     the BLAS), "tile" (tile_gemm.h only; AVX-512 builds) or "blas". Tile sizes: block_q,
     block_k (forward), block_q_bwd, block_k_bwd (backward) of the tile/BLAS kernels and
-    br_block_q (0 = by L), br_block_k, br_block_q_bwd, br_block_k_bwd of the brgemm ones.
+    br_block_q (0 = by L), br_block_k, br_block_q_bwd, br_block_k_bwd (0 = by is_causal) of
+    the brgemm ones.
     A bad name, type or range raises before anything changes. The settings are process-wide:
     other threads' calls inside the block see them too.
 
