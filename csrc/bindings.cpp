@@ -118,7 +118,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attention_forward", &fastseq::attention_forward, "fused scaled-dot-product attention forward",
         py::arg("query"), py::arg("key"), py::arg("value"), py::arg("attn_mask"),
         py::arg("dropout_p"), py::arg("is_causal"), py::arg("scale"), py::arg("seed"),
-        py::arg("return_weights"));
+        py::arg("return_weights"), py::arg("average_weights") = false);
   m.def("attention_backward", &fastseq::attention_backward, "fused scaled-dot-product attention backward",
         py::arg("grad_out"), py::arg("grad_weights"), py::arg("weights"), py::arg("query"),
         py::arg("key"), py::arg("value"), py::arg("out"), py::arg("lse"), py::arg("attn_mask"),

@@ -792,3 +792,50 @@ def test_output_laid_out_by_position_and_head_merge_gradient_read_in_place(dtype
         tol = dict(atol=2e-5, rtol=0)
     for ours, ref in zip(*results):
         torch.testing.assert_close(ours.double(), ref.double(), **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B,Hq,Hk,L,S,mask", [
+    (2, 4, 4, 67, 131, None), (1, 3, 3, 300, 257, "bool"), (3, 4, 2, 40, 50, "add"),
+    (2, 2, 2, 7, 33, "kpm"),  # L < 16: the per-head weights averaged in C++
+    (1, 8, 8, 1030, 96, None),
+])
+def test_head_averaged_weights_match_the_mean_of_per_head_weights(dtype, B, Hq, Hk, L, S, mask):
+    torch.manual_seed(0)
+    q = torch.randn(B, Hq, L, 24, dtype=dtype)
+    k, v = torch.randn(B, Hk, S, 24, dtype=dtype), torch.randn(B, Hk, S, 16, dtype=dtype)
+    m = None
+    if mask == "bool":
+        m = torch.rand(L, S) > 0.3
+        m[:, 0] = True
+    elif mask == "add":
+        m = torch.randn(B, 1, L, S, dtype=dtype)
+    elif mask == "kpm":
+        m = torch.ones(B, 1, 1, S, dtype=torch.bool)
+        m[0, ..., S // 2:] = False
+    ref_out, ref_w = FF.scaled_dot_product_attention_with_weights(q, k, v, attn_mask=m,
+                                                                  enable_gqa=Hq != Hk)
+    out, w = ops.attention_with_averaged_weights(q, k, v, m, enable_gqa=Hq != Hk)
+    assert w.shape == (B, L, S)
+    tol = dict(atol=1e-12, rtol=0) if dtype == torch.float64 else dict(atol=1e-6, rtol=0)
+    torch.testing.assert_close(out, ref_out, **tol)
+    torch.testing.assert_close(w, ref_w.mean(1), **tol)
+
+
+def test_head_averaged_weights_with_dropout_average_the_dropped_weights():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, 50, 16), torch.randn(2, 4, 60, 16), torch.randn(2, 4, 60, 16)
+    torch.manual_seed(5)
+    ref_out, ref_w = FF.scaled_dot_product_attention_with_weights(q, k, v, dropout_p=0.3)
+    torch.manual_seed(5)
+    out, w = ops.attention_with_averaged_weights(q, k, v, dropout_p=0.3)
+    torch.testing.assert_close(out, ref_out, atol=1e-6, rtol=0)
+    torch.testing.assert_close(w, ref_w.mean(1), atol=1e-6, rtol=0)
+
+
+def test_head_averaged_weights_leave_gradients_to_the_per_head_path():
+    q = torch.randn(1, 2, 20, 8, requires_grad=True)
+    k = v = torch.randn(1, 2, 20, 8)
+    assert ops.attention_with_averaged_weights(q, k, v) is None
+    with torch.no_grad():
+        assert ops.attention_with_averaged_weights(q, k, v) is not None

@@ -294,14 +294,19 @@ def test_uses_fastseq_kernel_not_torch_fast_path(monkeypatch):
                         lambda *a, **k: calls.append("sdpa") or real_sdpa(*a, **k))
     monkeypatch.setattr(fF, "scaled_dot_product_attention_with_weights",
                         lambda *a, **k: calls.append("weights") or real_w(*a, **k))
+    from fastseq.ops import attention as attention_ops
+    real_avg = attention_ops.attention_with_averaged_weights
+    monkeypatch.setattr(attention_ops, "attention_with_averaged_weights",
+                        lambda *a, **k: calls.append("averaged") or real_avg(*a, **k))
     monkeypatch.setattr(torch, "_native_multi_head_attention",
                         lambda *a, **k: pytest.fail("torch's native MHA fast path was used"))
     fast = fnn.MultiheadAttention(8, 2, batch_first=True).eval()
     x = torch.randn(2, 5, 8)
     with torch.no_grad():
         fast(x, x, x, need_weights=False)
-        fast(x, x, x)
-    assert calls == ["sdpa", "weights"]
+        fast(x, x, x)  # head-averaged weights: from the kernel, no per-head path
+        fast(x, x, x, average_attn_weights=False)
+    assert calls == ["sdpa", "averaged", "weights"]
 
 
 def test_gradcheck_small():

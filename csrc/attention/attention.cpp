@@ -121,8 +121,9 @@ void* data_or_null(const std::optional<at::Tensor>& t) { return t ? t->data_ptr(
 std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_forward(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal, double scale,
-    int64_t seed, bool return_weights) {
+    int64_t seed, bool return_weights, bool average_weights) {
   check_qkv(query, key, value);
+  TORCH_CHECK(return_weights || !average_weights, kOp, ": average_weights needs return_weights");
   check_mask(attn_mask, query, key);
   check_scalars(dropout_p, scale);
   const at::Tensor q = kernel_ready(query), k = kernel_ready(key), v = kernel_ready(value);
@@ -131,19 +132,28 @@ std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_forward(
   // rows of one position together, so merging the heads back is a view.
   at::Tensor out = at::empty({B, L, Hq, Ev}, q.options()).transpose(1, 2);
   at::Tensor lse = at::empty({B, Hq, L}, q.options().dtype(acc_dtype(q.scalar_type())));
-  std::optional<at::Tensor> weights;
-  if (return_weights) weights = at::empty({B, Hq, L, S}, q.options());
-  if (B * Hq * L == 0) return {out, lse, weights};  // no query row: nothing to compute
   attn::Params params = make_params(q, k, v, attn_mask, dropout_p, is_causal, scale, seed);
   params.out_rows = row_layout(out);
-  const attn::ForwardOutputs outputs{out.data_ptr(), lse.data_ptr(), data_or_null(weights)};
-#ifdef FASTSEQ_WITH_CUDA
-  if (q.is_cuda()) {
-    attention_forward_cuda(q.device(), params, outputs);
+  // Head-averaged weights straight from the kernel where it can; else per-head, then the mean.
+  const bool kernel_averages = average_weights && !q.is_cuda() && attention_cpu_averages_weights(params);
+  std::optional<at::Tensor> weights;
+  if (kernel_averages) {
+    weights = at::empty({B, L, S}, q.options());
+  } else if (return_weights) {
+    weights = at::empty({B, Hq, L, S}, q.options());
+  }
+  if (B * Hq * L == 0) {  // no query row: nothing to compute
+    if (average_weights && !kernel_averages) weights = weights->mean(1);
     return {out, lse, weights};
   }
+  const attn::ForwardOutputs outputs{out.data_ptr(), lse.data_ptr(), data_or_null(weights), kernel_averages};
+#ifdef FASTSEQ_WITH_CUDA
+  if (q.is_cuda())
+    attention_forward_cuda(q.device(), params, outputs);
+  else
 #endif
-  attention_forward_cpu(params, outputs);
+    attention_forward_cpu(params, outputs);
+  if (average_weights && !kernel_averages) weights = weights->mean(1);
   return {out, lse, weights};
 }
 

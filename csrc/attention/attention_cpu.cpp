@@ -799,6 +799,77 @@ void forward_brgemm_weights(const Problem<float>& P, float* out, float* lse, flo
   });
 }
 
+// float32 forward returning the weights averaged over the query heads ([B, L, S]: what
+// nn.MultiheadAttention returns by default), brgemm usable, for calls that need no gradient
+// (the backward reads per-head weights). A task is one batch and a share of its query
+// tiles, the heads looped inside: each head's weights tile is made in per-thread scratch,
+// multiplied into the output and added into the average while it is in L2, so per-head
+// weights never reach memory and no separate mean pass reads them back.
+void forward_brgemm_averaged_weights(const Problem<float>& P, float* out, float* lse, float* avg) {
+  const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev;
+  const int64_t Bq = std::min(br_block_q(P.tune, L), L);
+  const int64_t Bk = std::max<int64_t>(1, std::min(P.tune.br_block_k, S));
+  const int64_t ldkt = padded_ld(S);
+  const int64_t n_q_tiles = (L + Bq - 1) / Bq;
+  // Shares of each batch's query tiles: at least two tasks per thread where L allows.
+  const int64_t threads = at::get_num_threads();
+  const int64_t shares = std::min(n_q_tiles, std::max<int64_t>(1, (2 * threads + P.B - 1) / P.B));
+  const int64_t tiles_per_share = (n_q_tiles + shares - 1) / shares;
+  const bool dropout = P.dropout_p > 0.f;
+  const float inv_heads = 1.f / static_cast<float>(P.Hq);
+  const ThreadScratch<float> scratch({Bq * Ev, E * ldkt, Bq * S});
+  at::parallel_for(0, P.B * shares, 1, [&](int64_t begin, int64_t end) {
+    float* const o = scratch.get(0);
+    TransposedRows k_t(scratch.get(1), ldkt, S);
+    float* const w = scratch.get(2);  // one head's weights tile [nq, S]
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / shares, share = task % shares;
+      const int64_t t_begin = share * tiles_per_share, t_end = std::min(n_q_tiles, t_begin + tiles_per_share);
+      for (int64_t h = 0; h < P.Hq; ++h) {
+        for (int64_t t = t_begin; t < t_end; ++t) {
+          const auto [bh, b_, h_, hk, q0, nq, kv_end, qa, k_head, v_head] =
+              QueryTile<float>(P, (b * P.Hq + h) * n_q_tiles + t, n_q_tiles, Bq);
+          if (kv_end > 0) {
+            const float* kt = k_t.get(b * P.Hk + hk, k_head, P.k_ss, E, 0, kv_end);
+            for (int64_t k0 = 0; k0 < kv_end; k0 += Bk)
+              cpublas::brgemm(nq, std::min(Bk, kv_end - k0), E, P.q_sl, ldkt, S, false, qa, kt + k0, w + k0, false);
+          }
+          float* const a = avg + (b * L + q0) * S;  // the tile's rows of the average
+          for (int64_t r = 0; r < nq; ++r) {
+            const int64_t i = q0 + r, row = bh * L + i;
+            float* srow = w + r * S;
+            const int64_t n = P.causal ? std::min(kv_end, i + 1) : kv_end;
+            const bool masked = P.mask_kind != MaskKind::kNone, fold = !masked && P.scale > 0.f;
+            const float m = scored_row_max(P, b, h, i, 0, n, srow, masked, fold);
+            const float sum = exp_sum16(srow, n, fold ? P.scale : 1.f, am::softmax_shift(m));
+            const float inv = am::inverse_row_sum(sum);
+#pragma omp simd
+            for (int64_t j = 0; j < n; ++j) srow[j] *= inv;
+            std::fill(srow + n, srow + S, 0.f);
+            if (dropout) apply_dropout_row(P, P.dropout_row(b, h, i), 0, n, srow);
+            lse[row] = am::row_logsumexp(m, sum);
+            float* arow = a + r * S;
+            if (h == 0) {
+#pragma omp simd
+              for (int64_t j = 0; j < S; ++j) arow[j] = srow[j] * inv_heads;
+            } else {
+#pragma omp simd
+              for (int64_t j = 0; j < S; ++j) arow[j] += srow[j] * inv_heads;
+            }
+          }
+          if (kv_end > 0) {
+            cpublas::brgemm(nq, Ev, kv_end, S, P.v_ss, Ev, false, w, v_head, o, false);
+          } else {
+            std::fill(o, o + nq * Ev, 0.f);
+          }
+          for (int64_t r = 0; r < nq; ++r) std::copy(o + r * Ev, o + (r + 1) * Ev, out + P.out_rows.at(b, h, q0 + r));
+        }
+      }
+    }
+    cpublas::brgemm_release(false);
+  });
+}
+
 // The brgemm forward where it applies (float32, brgemm usable): true when it ran.
 template <typename scalar_t>
 bool try_forward_brgemm(const Problem<scalar_t>&, scalar_t*, acc_type<scalar_t>*) {
@@ -1538,7 +1609,20 @@ void by_dtype(attn::Dtype dtype, F&& f) {
 
 }  // namespace
 
+bool attention_cpu_averages_weights(const attn::Params& params) {
+  // Zero heads average to NaN as torch's mean does: that is left to the mean.
+  return params.dtype == attn::Dtype::kFloat32 && params.L >= kMinRowsToPack && params.Hq > 0 &&
+         Problem<float>(params).brgemm;
+}
+
 void attention_forward_cpu(const attn::Params& params, const attn::ForwardOutputs& o) {
+  if (o.weights_averaged) {
+    TORCH_CHECK(attention_cpu_averages_weights(params),
+                "fastseq attention: head-averaged weights asked of a problem without that kernel");
+    forward_brgemm_averaged_weights(Problem<float>(params), static_cast<float*>(o.out),
+                                    static_cast<float*>(o.lse), static_cast<float*>(o.weights));
+    return;
+  }
   by_dtype(params.dtype, [&](auto zero) {
     using scalar_t = decltype(zero);
     using acc_t = acc_type<scalar_t>;

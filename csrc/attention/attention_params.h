@@ -56,6 +56,7 @@ struct ForwardOutputs {
   void* out;
   void* lse;
   void* weights;
+  bool weights_averaged;  // weights [B, L, S]: the mean over the Hq heads (CPU, float32 only)
 };
 
 // What a backward reads and writes: grad_out and out [B, Hq, L, Ev] with rows at

@@ -13,6 +13,7 @@ from torch import Tensor
 # under that name, and the from-import would return it without loading fastseq's.
 import fastseq.nn.functional as fused
 
+from ..ops import attention as attention_ops
 from ._interop import TorchTwin, use_torch_forward
 
 __all__ = ["MultiheadAttention"]
@@ -196,7 +197,12 @@ class MultiheadAttention(TorchTwin, torch.nn.MultiheadAttention):
 
         mask = _merge_masks(attn_mask, key_padding_mask, query.dtype)
         dropout_p = self.dropout if self.training else 0.0
-        if need_weights:
+        averaged = None
+        if need_weights and average_attn_weights:
+            averaged = attention_ops.attention_with_averaged_weights(q, k, v, mask, dropout_p)
+        if averaged is not None:
+            out, weights = averaged
+        elif need_weights:
             out, weights = fused.scaled_dot_product_attention_with_weights(
                 q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=False)
         else:
@@ -212,7 +218,7 @@ class MultiheadAttention(TorchTwin, torch.nn.MultiheadAttention):
         if not is_batched:
             out = out.squeeze(0)
         if weights is not None:
-            if average_attn_weights:
+            if average_attn_weights and averaged is None:
                 weights = weights.mean(dim=1)
             if not is_batched:
                 weights = weights.squeeze(0)

@@ -356,3 +356,25 @@ def scaled_dot_product_attention_with_weights(query, key, value, attn_mask=None,
                                                         scale, enable_gqa)
     out, weights = _run(q4, k4, v4, m4, float(dropout_p), bool(is_causal), scale, True)
     return out.reshape(lead + (L, Ev)), weights.reshape(lead + (L, S))
+
+
+@autocast_as("attention")
+def attention_with_averaged_weights(query, key, value, attn_mask=None, dropout_p=0.0, enable_gqa=False):
+    """(output, weights averaged over the query heads, (..., L, S)) of a call that needs no
+    gradient, as nn.MultiheadAttention returns them by default (need_weights,
+    average_attn_weights): fastseq._C returns the average itself, written by the kernel while
+    each head's weights tile is in cache where it can (CPU float32 through brgemm), else as
+    the mean of the per-head weights in C++. None where the per-head path must run instead:
+    a gradient is wanted (the backward reads per-head weights), torch.compile is tracing (its
+    custom op returns per-head weights), or dropout_p = 1."""
+    _check_dropout(dropout_p)
+    if dropout_p == 1.0 or use_custom_op(query):
+        return None
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (query, key, value, attn_mask)):
+        return None
+    q4, k4, v4, m4, scale, lead, (L, Ev, S) = _prepare(query, key, value, attn_mask, False, None,
+                                                        enable_gqa)
+    out, _, weights = _C.attention_forward(q4, k4, v4, m4, float(dropout_p), False, scale,
+                                           _eager_seed(dropout_p), True, True)
+    return out.reshape(lead + (L, Ev)), weights.reshape(lead[:-1] + (L, S))
