@@ -755,45 +755,51 @@ void forward_decode(const Problem<float>& P, float* out, float* lse) {
 // output (its rows are the score buffer), are scaled, masked and normalised there by the
 // exact two-step softmax (the rows are materialised anyway), and P V is one brgemm reading
 // them in place. The head's K^T is kept across a thread's tasks as in forward_brgemm.
-void forward_brgemm_weights(const Problem<float>& P, float* out, float* lse, float* weights) {
-  const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev;
-  const int64_t Bq = std::min(br_block_q(P.tune, L), L);
+// One query tile of it: the scores by brgemm straight into w (the tile's weight rows, row
+// stride S), the exact softmax (and dropout) there, the rows' lse, and P V into out through
+// the per-thread output tile o.
+void weights_tile(const Problem<float>& P, const QueryTile<float>& t, TransposedRows& k_t, float* w,
+                  float* o, float* out, float* lse) {
+  const int64_t S = P.S, E = P.E, Ev = P.Ev;
   const int64_t Bk = std::max<int64_t>(1, std::min(P.tune.br_block_k, S));
-  const int64_t ldkt = padded_ld(S);
-  const int64_t n_q_tiles = (L + Bq - 1) / Bq;
-  const bool dropout = P.dropout_p > 0.f;
-  const ThreadScratch<float> scratch({Bq * Ev, E * ldkt});
-  at::parallel_for(0, P.B * P.Hq * n_q_tiles, 1, [&](int64_t begin, int64_t end) {
-    float* const o = scratch.get(0);
-    TransposedRows k_t(scratch.get(1), ldkt, S);
-    for (int64_t task = begin; task < end; ++task) {
-      const auto [bh, b, h, hk, q0, nq, kv_end, qa, k_head, v_head] = QueryTile<float>(P, task, n_q_tiles, Bq);
-      float* const w = weights + (bh * L + q0) * S;  // this tile's rows of the weights
-      if (kv_end > 0) {
-        const float* kt = k_t.get(b * P.Hk + hk, k_head, P.k_ss, E, 0, kv_end);
-        for (int64_t k0 = 0; k0 < kv_end; k0 += Bk)
-          cpublas::brgemm(nq, std::min(Bk, kv_end - k0), E, P.q_sl, ldkt, S, false, qa, kt + k0, w + k0, false);
-      }
-      for (int64_t r = 0; r < nq; ++r) {
-        const int64_t i = q0 + r, row = bh * L + i;
-        float* srow = w + r * S;
-        const int64_t n = P.causal ? std::min(kv_end, i + 1) : kv_end;
-        const bool masked = P.mask_kind != MaskKind::kNone, fold = !masked && P.scale > 0.f;
-        const float m = scored_row_max(P, b, h, i, 0, n, srow, masked, fold);
-        const float sum = exp_sum16(srow, n, fold ? P.scale : 1.f, am::softmax_shift(m));
-        const float inv = am::inverse_row_sum(sum);
+  if (t.kv_end > 0) {
+    const float* kt = k_t.get(t.b * P.Hk + t.hk, t.k, P.k_ss, E, 0, t.kv_end);
+    for (int64_t k0 = 0; k0 < t.kv_end; k0 += Bk)
+      cpublas::brgemm(t.nq, std::min(Bk, t.kv_end - k0), E, P.q_sl, padded_ld(S), S, false, t.q, kt + k0,
+                      w + k0, false);
+  }
+  for (int64_t r = 0; r < t.nq; ++r) {
+    const int64_t i = t.q0 + r;
+    float* srow = w + r * S;
+    const int64_t n = P.causal ? std::min(t.kv_end, i + 1) : t.kv_end;
+    const bool masked = P.mask_kind != MaskKind::kNone, fold = !masked && P.scale > 0.f;
+    const float m = scored_row_max(P, t.b, t.h, i, 0, n, srow, masked, fold);
+    const float sum = exp_sum16(srow, n, fold ? P.scale : 1.f, am::softmax_shift(m));
+    const float inv = am::inverse_row_sum(sum);
 #pragma omp simd
-        for (int64_t j = 0; j < n; ++j) srow[j] *= inv;
-        std::fill(srow + n, srow + S, 0.f);
-        if (dropout) apply_dropout_row(P, P.dropout_row(b, h, i), 0, n, srow);
-        lse[row] = am::row_logsumexp(m, sum);
-      }
-      if (kv_end > 0) {
-        cpublas::brgemm(nq, Ev, kv_end, S, P.v_ss, Ev, false, w, v_head, o, false);
-      } else {
-        std::fill(o, o + nq * Ev, 0.f);
-      }
-      for (int64_t r = 0; r < nq; ++r) std::copy(o + r * Ev, o + (r + 1) * Ev, out + P.out_rows.at(b, h, q0 + r));
+    for (int64_t j = 0; j < n; ++j) srow[j] *= inv;
+    std::fill(srow + n, srow + S, 0.f);
+    if (P.dropout_p > 0.f) apply_dropout_row(P, P.dropout_row(t.b, t.h, i), 0, n, srow);
+    lse[t.bh * P.L + i] = am::row_logsumexp(m, sum);
+  }
+  if (t.kv_end > 0) {
+    cpublas::brgemm(t.nq, Ev, t.kv_end, S, P.v_ss, Ev, false, w, t.v, o, false);
+  } else {
+    std::fill(o, o + t.nq * Ev, 0.f);
+  }
+  for (int64_t r = 0; r < t.nq; ++r) std::copy(o + r * Ev, o + (r + 1) * Ev, out + P.out_rows.at(t.b, t.h, t.q0 + r));
+}
+
+void forward_brgemm_weights(const Problem<float>& P, float* out, float* lse, float* weights) {
+  const int64_t L = P.L, S = P.S;
+  const int64_t Bq = std::min(br_block_q(P.tune, L), L);
+  const int64_t n_q_tiles = (L + Bq - 1) / Bq;
+  const ThreadScratch<float> scratch({Bq * P.Ev, P.E * padded_ld(S)});
+  at::parallel_for(0, P.B * P.Hq * n_q_tiles, 1, [&](int64_t begin, int64_t end) {
+    TransposedRows k_t(scratch.get(1), padded_ld(S), S);
+    for (int64_t task = begin; task < end; ++task) {
+      const QueryTile<float> t(P, task, n_q_tiles, Bq);
+      weights_tile(P, t, k_t, weights + (t.bh * L + t.q0) * S, scratch.get(0), out, lse);
     }
     cpublas::brgemm_release(false);
   });
@@ -802,67 +808,31 @@ void forward_brgemm_weights(const Problem<float>& P, float* out, float* lse, flo
 // float32 forward returning the weights averaged over the query heads ([B, L, S]: what
 // nn.MultiheadAttention returns by default), brgemm usable, for calls that need no gradient
 // (the backward reads per-head weights). A task is one batch and a share of its query
-// tiles, the heads looped inside: each head's weights tile is made in per-thread scratch,
-// multiplied into the output and added into the average while it is in L2, so per-head
-// weights never reach memory and no separate mean pass reads them back.
+// tiles, the heads looped inside: each head's weights tile is made in per-thread scratch
+// (weights_tile), multiplied into the output and added into the average while it is in L2,
+// so per-head weights never reach memory and no separate mean pass reads them back.
 void forward_brgemm_averaged_weights(const Problem<float>& P, float* out, float* lse, float* avg) {
-  const int64_t L = P.L, S = P.S, E = P.E, Ev = P.Ev;
+  const int64_t L = P.L, S = P.S;
   const int64_t Bq = std::min(br_block_q(P.tune, L), L);
-  const int64_t Bk = std::max<int64_t>(1, std::min(P.tune.br_block_k, S));
-  const int64_t ldkt = padded_ld(S);
   const int64_t n_q_tiles = (L + Bq - 1) / Bq;
   // Shares of each batch's query tiles: at least two tasks per thread where L allows.
   const int64_t threads = at::get_num_threads();
   const int64_t shares = std::min(n_q_tiles, std::max<int64_t>(1, (2 * threads + P.B - 1) / P.B));
   const int64_t tiles_per_share = (n_q_tiles + shares - 1) / shares;
-  const bool dropout = P.dropout_p > 0.f;
   const float inv_heads = 1.f / static_cast<float>(P.Hq);
-  const ThreadScratch<float> scratch({Bq * Ev, E * ldkt, Bq * S});
+  const ThreadScratch<float> scratch({Bq * P.Ev, P.E * padded_ld(S), Bq * S});
   at::parallel_for(0, P.B * shares, 1, [&](int64_t begin, int64_t end) {
-    float* const o = scratch.get(0);
-    TransposedRows k_t(scratch.get(1), ldkt, S);
+    TransposedRows k_t(scratch.get(1), padded_ld(S), S);
     float* const w = scratch.get(2);  // one head's weights tile [nq, S]
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / shares, share = task % shares;
       const int64_t t_begin = share * tiles_per_share, t_end = std::min(n_q_tiles, t_begin + tiles_per_share);
       for (int64_t h = 0; h < P.Hq; ++h) {
-        for (int64_t t = t_begin; t < t_end; ++t) {
-          const auto [bh, b_, h_, hk, q0, nq, kv_end, qa, k_head, v_head] =
-              QueryTile<float>(P, (b * P.Hq + h) * n_q_tiles + t, n_q_tiles, Bq);
-          if (kv_end > 0) {
-            const float* kt = k_t.get(b * P.Hk + hk, k_head, P.k_ss, E, 0, kv_end);
-            for (int64_t k0 = 0; k0 < kv_end; k0 += Bk)
-              cpublas::brgemm(nq, std::min(Bk, kv_end - k0), E, P.q_sl, ldkt, S, false, qa, kt + k0, w + k0, false);
-          }
-          float* const a = avg + (b * L + q0) * S;  // the tile's rows of the average
-          for (int64_t r = 0; r < nq; ++r) {
-            const int64_t i = q0 + r, row = bh * L + i;
-            float* srow = w + r * S;
-            const int64_t n = P.causal ? std::min(kv_end, i + 1) : kv_end;
-            const bool masked = P.mask_kind != MaskKind::kNone, fold = !masked && P.scale > 0.f;
-            const float m = scored_row_max(P, b, h, i, 0, n, srow, masked, fold);
-            const float sum = exp_sum16(srow, n, fold ? P.scale : 1.f, am::softmax_shift(m));
-            const float inv = am::inverse_row_sum(sum);
-#pragma omp simd
-            for (int64_t j = 0; j < n; ++j) srow[j] *= inv;
-            std::fill(srow + n, srow + S, 0.f);
-            if (dropout) apply_dropout_row(P, P.dropout_row(b, h, i), 0, n, srow);
-            lse[row] = am::row_logsumexp(m, sum);
-            float* arow = a + r * S;
-            if (h == 0) {
-#pragma omp simd
-              for (int64_t j = 0; j < S; ++j) arow[j] = srow[j] * inv_heads;
-            } else {
-#pragma omp simd
-              for (int64_t j = 0; j < S; ++j) arow[j] += srow[j] * inv_heads;
-            }
-          }
-          if (kv_end > 0) {
-            cpublas::brgemm(nq, Ev, kv_end, S, P.v_ss, Ev, false, w, v_head, o, false);
-          } else {
-            std::fill(o, o + nq * Ev, 0.f);
-          }
-          for (int64_t r = 0; r < nq; ++r) std::copy(o + r * Ev, o + (r + 1) * Ev, out + P.out_rows.at(b, h, q0 + r));
+        for (int64_t tile = t_begin; tile < t_end; ++tile) {
+          const QueryTile<float> t(P, (b * P.Hq + h) * n_q_tiles + tile, n_q_tiles, Bq);
+          weights_tile(P, t, k_t, w, scratch.get(0), out, lse);
+          float* const a = avg + (b * L + t.q0) * S;  // the tile's rows of the average
+          for (int64_t x = 0; x < t.nq * S; ++x) a[x] = (h == 0 ? 0.f : a[x]) + w[x] * inv_heads;
         }
       }
     }
