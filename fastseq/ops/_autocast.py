@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.utils import _pytree as pytree
 
 _LOWER_PRECISION_OPS = {
     "cpu": frozenset({"lstm", "rnn", "rnn_cell", "attention"}),
@@ -41,27 +42,19 @@ def compute_dtypes(op: str, device_type: str, autocast_dtype: torch.dtype):
 
 
 def _device_type(args) -> Optional[str]:
-    """Device type of the first tensor in args (tuples, lists and dict values searched)."""
-    for a in (args.values() if isinstance(args, dict) else args):
-        if isinstance(a, Tensor):
-            return a.device.type
-        if isinstance(a, (tuple, list, dict)):
-            found = _device_type(a)
-            if found is not None:
-                return found
+    """Device type of the first tensor among args' leaves (torch's pytree: tuples, lists,
+    dicts, namedtuples such as PackedSequence)."""
+    for leaf in pytree.tree_leaves(args):
+        if isinstance(leaf, Tensor):
+            return leaf.device.type
     return None
 
 
 def _cast(value, dtype):
-    """Floating tensors (also inside tuples, lists and dict values, so keyword arguments
-    are cast like positional ones) to dtype; everything else as it is."""
-    if isinstance(value, Tensor):
-        return value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
-    if isinstance(value, (tuple, list)):
-        return type(value)(_cast(v, dtype) for v in value)
-    if isinstance(value, dict):
-        return {key: _cast(v, dtype) for key, v in value.items()}
-    return value
+    """Floating tensors among value's leaves (so keyword arguments and PackedSequence data
+    are cast like positional tensors) to dtype; everything else as it is."""
+    return pytree.tree_map_only(
+        Tensor, lambda t: t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t, value)
 
 
 def autocast_as(op: str):
