@@ -142,17 +142,16 @@ std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_forward(
   } else if (return_weights) {
     weights = at::empty({B, Hq, L, S}, q.options());
   }
-  if (B * Hq * L == 0) {  // no query row: nothing to compute
-    if (average_weights && !kernel_averages) weights = weights->mean(1);
-    return {out, lse, weights};
-  }
-  const attn::ForwardOutputs outputs{out.data_ptr(), lse.data_ptr(), data_or_null(weights), kernel_averages};
+  if (B * Hq * L > 0) {  // else no query row: nothing to compute
+    const attn::ForwardOutputs outputs{out.data_ptr(), lse.data_ptr(), data_or_null(weights),
+                                       kernel_averages};
 #ifdef FASTSEQ_WITH_CUDA
-  if (q.is_cuda())
-    attention_forward_cuda(q.device(), params, outputs);
-  else
+    if (q.is_cuda())
+      attention_forward_cuda(q.device(), params, outputs);
+    else
 #endif
-    attention_forward_cpu(params, outputs);
+      attention_forward_cpu(params, outputs);
+  }
   if (average_weights && !kernel_averages) weights = weights->mean(1);
   return {out, lse, weights};
 }

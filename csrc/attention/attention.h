@@ -19,8 +19,9 @@ namespace fastseq {
 // Returns output [B, Hq, L, Ev] (laid out [B, L, Hq, Ev]), lse [B, Hq, L] (float32, float64
 // for float64 inputs; +inf on fully masked rows) and, when return_weights, the softmax
 // weights [B, Hq, L, S] (after dropout, scaled by 1/(1-p)), or with average_weights their
-// mean over the heads [B, L, S] (no backward takes those: the caller needs no gradient). Dropout draws come from a counter-based hash of (seed, row,
-// column), so the backward regenerates the forward's mask from the same seed.
+// mean over the heads [B, L, S] (no backward takes those: the caller needs no gradient).
+// Dropout draws come from a counter-based hash of (seed, row, column), so the backward
+// regenerates the forward's mask from the same seed.
 std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> attention_forward(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal, double scale,

@@ -1006,19 +1006,17 @@ bool try_forward_brgemm<c10::BFloat16>(const Problem<c10::BFloat16>& P, c10::BFl
   return true;
 }
 
-// The [B, H, N, D] rows of a strided scalar_t tensor as a contiguous float32 tensor (exact).
+// The [B, H, N, D] rows of a strided scalar_t tensor as a contiguous float32 tensor (exact):
+// as_acc's conversion, one (batch, head) slab per step.
 template <typename scalar_t>
 at::Tensor float_copy(const scalar_t* src, int64_t B, int64_t H, int64_t N, int64_t D, int64_t sb,
                       int64_t sh, int64_t sn) {
   at::Tensor t = at::empty({B, H, N, D}, at::TensorOptions().dtype(at::kFloat));
   float* const dst = t.data_ptr<float>();
-  at::parallel_for(0, B * H * N, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r % N, bh = r / N, h = bh % H, b = bh / H;
-      const scalar_t* s = src + b * sb + h * sh + n * sn;
-      float* d = dst + r * D;
-      for (int64_t e = 0; e < D; ++e) d[e] = static_cast<float>(s[e]);
-    }
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    int64_t ld;
+    for (int64_t bh = begin; bh < end; ++bh)
+      as_acc(src + bh / H * sb + bh % H * sh, N, D, sn, dst + bh * N * D, ld);
   });
   return t;
 }

@@ -49,9 +49,10 @@ struct Params {
   }
 };
 
-// Where a forward writes: out [B, Hq, L, Ev] in dtype, rows at Params::out_rows; lse [B, Hq, L] in the
-// accumulation type (float64 for float64, float32 otherwise); weights [B, Hq, L, S]
-// contiguous in dtype, or null (no weights output).
+// Where a forward writes: out [B, Hq, L, Ev] in dtype, rows at Params::out_rows; lse
+// [B, Hq, L] in the accumulation type (float64 for float64, float32 otherwise); weights
+// [B, Hq, L, S] contiguous in dtype (with weights_averaged [B, L, S]), or null (no weights
+// output).
 struct ForwardOutputs {
   void* out;
   void* lse;
@@ -60,9 +61,9 @@ struct ForwardOutputs {
 };
 
 // What a backward reads and writes: grad_out and out [B, Hq, L, Ev] with rows at
-// Params::grad_out_rows and out_rows; the rest contiguous: lse as the forward left it; weights and grad_weights [B, Hq, L, S] (both or neither); dq, dk,
-// dv in the shapes of q, k, v; dmask [B, Hq, L, S] in the accumulation type, zero-filled,
-// or null (no mask gradient).
+// Params::grad_out_rows and out_rows; the rest contiguous: lse as the forward left it;
+// weights and grad_weights [B, Hq, L, S] (both or neither); dq, dk, dv in the shapes of q,
+// k, v; dmask [B, Hq, L, S] in the accumulation type, zero-filled, or null (no mask gradient).
 struct BackwardBuffers {
   const void* grad_out;
   const void* out;

@@ -205,6 +205,10 @@ def _shape(t):
     return list(t.shape)
 
 
+def _default_scale(E):
+    return 1.0 / math.sqrt(E) if E > 0 else 1.0
+
+
 def _prepare(query, key, value, attn_mask, is_causal, scale, enable_gqa):
     """Validates torch's argument contract and returns the 4-D views, the scale and the shape
     the output's leading dims must take."""
@@ -222,7 +226,7 @@ def _prepare(query, key, value, attn_mask, is_causal, scale, enable_gqa):
         if (B == Bk == Bv and Ek == E and Sv == S and Hv == Hk
                 and (Hq == Hk or (enable_gqa and Hk > 0 and Hq % Hk == 0))):
             if scale is None:
-                scale = 1.0 / math.sqrt(E) if E > 0 else 1.0
+                scale = _default_scale(E)
             return query, key, value, None, float(scale), (B, Hq), (L, Ev, S)
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, Tensor):
@@ -309,7 +313,7 @@ def _prepare(query, key, value, attn_mask, is_causal, scale, enable_gqa):
         # A view with 0 strides on broadcast dims: the mask is never materialised.
         m4 = attn_mask.expand(full).reshape(B, H, L, S)
     if scale is None:
-        scale = 1.0 / math.sqrt(E) if E > 0 else 1.0
+        scale = _default_scale(E)
     return q4, k4, v4, m4, float(scale), out_lead, (L, Ev, S)
 
 
