@@ -181,7 +181,7 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
   at::Tensor dh_state = state_tensor(grad_h_n);
   at::Tensor dc_state = state_tensor(grad_c_n);
   at::Tensor c0c = bf16_steps ? c0.to(at::kFloat).contiguous() : c0.contiguous();
-  at::Tensor dout = bf16_steps ? grad_output.to(at::kFloat).contiguous() : grad_output.contiguous();
+  at::Tensor dout = grad_output.contiguous();  // the bfloat16 steps read it in bfloat16 too
   at::Tensor dh_proj, h_pre_all, dh_pre;
   if (proj) {
     dh_proj = batch_sizes ? at::zeros({T, B, P}, opts) : at::empty({T, B, P}, opts);
@@ -198,7 +198,7 @@ std::vector<at::Tensor> layer_backward(const Pointwise& pw, const at::Tensor& gr
                                dc_state.data_ptr(), gates.data_ptr(), cells.data_ptr(),
                                c0c.data_ptr(), nullptr, nullptr, nullptr, dgates.data_ptr(),
                                dgates.data_ptr(), 0, &packed};
-    if (bf16_steps) recurrent::backward_bfloat16_lstm(run, packed);
+    if (bf16_steps) recurrent::backward_bfloat16(run, packed);
     else recurrent::run_backward(run, input.scalar_type());
   }
 

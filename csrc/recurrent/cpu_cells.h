@@ -2,8 +2,13 @@
 // forward / backward of one block of up to W units of one row, on at::vec vectors, running
 // the formulas of lstm_math.h / gru_rnn_math.h under the one activation policy
 // (common/cpu_activations.h). A new cell (LayerNorm-LSTM, a user's cell) is a new policy
-// here, not a new loop. Include after common/cpu_vec.h.
+// here, not a new loop. The policies compute in T (float32 / float64) and read and write the
+// layer's activations (projected input, h, outputs, dG) in S: S = T, or bfloat16 for the
+// engine's bfloat16 steps (cpu_engine_bfloat16.cpp), converted on load and rounded on store.
+// Include after common/cpu_vec.h.
 #pragma once
+
+#include <c10/util/BFloat16.h>
 
 #include <cstdint>
 
@@ -15,16 +20,40 @@
 namespace fastseq {
 namespace recurrent {
 
-// What one forward step of one direction hands to the policy (row stride H unless noted).
+// n (<= W) values of S as a vector of T, and back.
 template <class T>
+C10_ALWAYS_INLINE Vec<T> load_as(const T* p, int n) {
+  return Vec<T>::loadu(p, n);
+}
+template <class T>
+C10_ALWAYS_INLINE void store_as(T* p, const Vec<T>& v, int n) {
+  v.store(p, n);
+}
+
+#if defined(CPU_CAPABILITY_AVX512)
+// bfloat16 <-> float lanes through ATen's conversions (round to nearest even, NaN kept a
+// NaN), masked for a last, partial block of units.
+C10_ALWAYS_INLINE __mmask16 first_lanes(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
+C10_ALWAYS_INLINE Vec<float> load_as(const c10::BFloat16* p, int n) {
+  __m512 o;
+  at::vec::cvtbf16_fp32(_mm256_maskz_loadu_epi16(first_lanes(n), p), o);
+  return Vec<float>(o);
+}
+C10_ALWAYS_INLINE void store_as(c10::BFloat16* p, const Vec<float>& v, int n) {
+  _mm256_mask_storeu_epi16(p, first_lanes(n), at::vec::cvtfp32_bf16(__m512(v)));
+}
+#endif
+
+// What one forward step of one direction hands to the policy (row stride H unless noted).
+template <class T, class S = T>
 struct ForwardStep {
-  const T* gx;       // [B, G*H] input projection x W_ih^T of this step, or nullptr (the
+  const S* gx;       // [B, G*H] input projection x W_ih^T of this step, or nullptr (the
                      // engine accumulated it with the recurrent term)
   const T* bias;     // [G*H] added to the input term (b_ih + b_hh; GRU: all but b_hn), or nullptr
   T* gates;          // LSTM training: [B, 4H] where the activated gates go (may alias gx)
-  const T* h_prev;   // [B, H]
-  T* h_next;         // [B, H]
-  T* out;            // [B, H]
+  const S* h_prev;   // [B, H]
+  S* h_next;         // [B, H]
+  S* out;            // [B, H]
   T* c;              // LSTM cell state
   T* saved;          // LSTM cells[t] [B, H], GRU ws[t] [B, 4H], or nullptr (inference)
   const T* b_hn;     // GRU
@@ -33,24 +62,24 @@ struct ForwardStep {
   // The input part of the pre-activation of gate column `col` (W lanes, n valid) of row r:
   // the projected input (when not accumulated in the GEMM) plus the bias.
   C10_ALWAYS_INLINE Vec<T> input_term(int64_t r, int64_t col, int64_t row_width, int n) const {
-    Vec<T> v = gx ? Vec<T>::loadu(gx + r * row_width + col, n) : Vec<T>(T(0));
+    Vec<T> v = gx ? load_as(gx + r * row_width + col, n) : Vec<T>(T(0));
     return bias ? v + Vec<T>::loadu(bias + col, n) : v;
   }
 };
 
-template <class T>
+template <class T, class S = T>
 struct BackwardStep {
-  const T* grad_out;  // [B, H]
+  const S* grad_out;  // [B, H]
   T* dh;              // [B, H] dL/dh_t from later steps (in), then the direct part (GRU)
   T* dc;              // LSTM
   const T* gates;     // LSTM [B, 4H] activated
   const T* c;         // LSTM cells[t]
   const T* c_prev;    // LSTM cells[t_prev] or c0
   const T* ws;        // GRU [B, 4H]
-  const T* h_prev;    // GRU [B, H]
-  const T* h_new;     // RNN out[t]
-  T* dgi;             // [B, G*H]
-  T* dgh;             // GRU [B, 3H]
+  const S* h_prev;    // GRU [B, H]
+  const S* h_new;     // RNN out[t]
+  S* dgi;             // [B, G*H]
+  S* dgh;             // GRU [B, 3H]
   int64_t H;
 };
 
@@ -62,8 +91,8 @@ struct LstmPolicy {
   // dh_{t-1} = dG W_hh replaces dh (the output gradient is added in the next pointwise).
   static constexpr bool kReplaceDh = true;
 
-  template <class T>
-  static C10_ALWAYS_INLINE void forward(const ForwardStep<T>& s, int64_t r, int64_t u, int n,
+  template <class T, class S>
+  static C10_ALWAYS_INLINE void forward(const ForwardStep<T, S>& s, int64_t r, int64_t u, int n,
                                         const Vec<T>* acc) {
     using V = Vec<T>;
     const int64_t H = s.H;
@@ -77,23 +106,23 @@ struct LstmPolicy {
       i.store(g, n), f.store(g + H, n), gg.store(g + 2 * H, n), o.store(g + 3 * H, n);
       c.store(s.saved + r * H + u, n);
     }
-    h.store(s.out + r * H + u, n);
-    h.store(s.h_next + r * H + u, n);
+    store_as(s.out + r * H + u, h, n);
+    store_as(s.h_next + r * H + u, h, n);
   }
 
-  template <class T>
-  static C10_ALWAYS_INLINE void backward(const BackwardStep<T>& s, int64_t r, int64_t u, int n) {
+  template <class T, class S>
+  static C10_ALWAYS_INLINE void backward(const BackwardStep<T, S>& s, int64_t r, int64_t u, int n) {
     using V = Vec<T>;
     const int64_t H = s.H, o1 = r * H + u;
     const T* g = s.gates + r * 4 * H + u;
-    const V dh = V::loadu(s.dh + o1, n) + V::loadu(s.grad_out + o1, n);
+    const V dh = V::loadu(s.dh + o1, n) + load_as(s.grad_out + o1, n);
     V dc = V::loadu(s.dc + o1, n), di, df, dg, d_o, h_pre;
     lstm::gates_backward<VecActivations>(V::loadu(g, n), V::loadu(g + H, n), V::loadu(g + 2 * H, n),
                                          V::loadu(g + 3 * H, n), V::loadu(s.c + o1, n),
                                          V::loadu(s.c_prev + o1, n), dh, dc, di, df, dg, d_o, h_pre);
     dc.store(s.dc + o1, n);
-    T* d = s.dgi + r * 4 * H + u;
-    di.store(d, n), df.store(d + H, n), dg.store(d + 2 * H, n), d_o.store(d + 3 * H, n);
+    S* d = s.dgi + r * 4 * H + u;
+    store_as(d, di, n), store_as(d + H, df, n), store_as(d + 2 * H, dg, n), store_as(d + 3 * H, d_o, n);
   }
 };
 
@@ -104,8 +133,8 @@ struct GruPolicy {
   // dh_{t-1} = z * dh_t (the direct part, written by backward) + dG_h W_hh.
   static constexpr bool kReplaceDh = false;
 
-  template <class T>
-  static C10_ALWAYS_INLINE void forward(const ForwardStep<T>& s, int64_t r, int64_t u, int n,
+  template <class T, class S>
+  static C10_ALWAYS_INLINE void forward(const ForwardStep<T, S>& s, int64_t r, int64_t u, int n,
                                         const Vec<T>* acc) {
     using V = Vec<T>;
     const int64_t H = s.H;
@@ -113,30 +142,30 @@ struct GruPolicy {
     V rg, z, ng, h_new;
     gru_rnn::gru_forward_point<VecActivations>(s.input_term(r, u, 3 * H, n), s.input_term(r, H + u, 3 * H, n),
                                                s.input_term(r, 2 * H + u, 3 * H, n),
-                                               acc[0], acc[1], gh_n, V::loadu(s.h_prev + r * H + u, n),
+                                               acc[0], acc[1], gh_n, load_as(s.h_prev + r * H + u, n),
                                                rg, z, ng, h_new);
     if (s.saved) {
       T* w = s.saved + r * 4 * H + u;
       rg.store(w, n), z.store(w + H, n), ng.store(w + 2 * H, n), gh_n.store(w + 3 * H, n);
     }
-    h_new.store(s.out + r * H + u, n);
-    h_new.store(s.h_next + r * H + u, n);
+    store_as(s.out + r * H + u, h_new, n);
+    store_as(s.h_next + r * H + u, h_new, n);
   }
 
-  template <class T>
-  static C10_ALWAYS_INLINE void backward(const BackwardStep<T>& s, int64_t r, int64_t u, int n) {
+  template <class T, class S>
+  static C10_ALWAYS_INLINE void backward(const BackwardStep<T, S>& s, int64_t r, int64_t u, int n) {
     using V = Vec<T>;
     const int64_t H = s.H, o1 = r * H + u;
     const T* w = s.ws + r * 4 * H + u;
     V d_ar, d_az, d_an, d_ghn, dh_direct;
-    gru_rnn::gru_backward_point(V::loadu(s.dh + o1, n) + V::loadu(s.grad_out + o1, n),
-                                V::loadu(s.h_prev + o1, n), V::loadu(w, n), V::loadu(w + H, n),
+    gru_rnn::gru_backward_point(V::loadu(s.dh + o1, n) + load_as(s.grad_out + o1, n),
+                                load_as(s.h_prev + o1, n), V::loadu(w, n), V::loadu(w + H, n),
                                 V::loadu(w + 2 * H, n), V::loadu(w + 3 * H, n), d_ar, d_az, d_an,
                                 d_ghn, dh_direct);
-    T* di = s.dgi + r * 3 * H + u;
-    T* dhh = s.dgh + r * 3 * H + u;
-    d_ar.store(di, n), d_az.store(di + H, n), d_an.store(di + 2 * H, n);
-    d_ar.store(dhh, n), d_az.store(dhh + H, n), d_ghn.store(dhh + 2 * H, n);
+    S* di = s.dgi + r * 3 * H + u;
+    S* dhh = s.dgh + r * 3 * H + u;
+    store_as(di, d_ar, n), store_as(di + H, d_az, n), store_as(di + 2 * H, d_an, n);
+    store_as(dhh, d_ar, n), store_as(dhh + H, d_az, n), store_as(dhh + 2 * H, d_ghn, n);
     dh_direct.store(s.dh + o1, n);
   }
 };
@@ -147,23 +176,24 @@ struct RnnPolicy {
   static constexpr bool kSumsInputAndState = true;
   static constexpr bool kReplaceDh = true;
 
-  template <class T>
-  static C10_ALWAYS_INLINE void forward(const ForwardStep<T>& s, int64_t r, int64_t u, int n,
+  template <class T, class S>
+  static C10_ALWAYS_INLINE void forward(const ForwardStep<T, S>& s, int64_t r, int64_t u, int n,
                                         const Vec<T>* acc) {
     using V = Vec<T>;
     const int64_t o1 = r * s.H + u;
     const V h = gru_rnn::rnn_forward_point<kRelu, VecActivations>(s.input_term(r, u, s.H, n), acc[0]);
-    h.store(s.out + o1, n);
-    h.store(s.h_next + o1, n);
+    store_as(s.out + o1, h, n);
+    store_as(s.h_next + o1, h, n);
   }
 
-  template <class T>
-  static C10_ALWAYS_INLINE void backward(const BackwardStep<T>& s, int64_t r, int64_t u, int n) {
+  template <class T, class S>
+  static C10_ALWAYS_INLINE void backward(const BackwardStep<T, S>& s, int64_t r, int64_t u, int n) {
     using V = Vec<T>;
     const int64_t o1 = r * s.H + u;
-    gru_rnn::rnn_backward_point<kRelu, VecActivations>(
-        V::loadu(s.dh + o1, n) + V::loadu(s.grad_out + o1, n), V::loadu(s.h_new + o1, n))
-        .store(s.dgi + o1, n);
+    store_as(s.dgi + o1,
+             gru_rnn::rnn_backward_point<kRelu, VecActivations>(V::loadu(s.dh + o1, n) + load_as(s.grad_out + o1, n),
+                                                                load_as(s.h_new + o1, n)),
+             n);
   }
 };
 

@@ -341,27 +341,32 @@ void project_by_chunks(ForwardRun& run, const at::Tensor& x, const at::Tensor& w
   }
 }
 
-// bfloat16 LSTM: the input projection as bfloat16 GEMMs over chunks of steps, the steps on
-// brgemm (cpu_engine_bfloat16.cpp) with the bias and the cell state in float32. keep_gates
-// (training): the activated gates [T, B, 4H] come back in float32, and run.saved must be the
-// cell states [T, B, H] in float32.
+// bfloat16: the input projection as bfloat16 GEMMs over chunks of steps, the steps on
+// brgemm (cpu_engine_bfloat16.cpp) with the bias, b_hn and the LSTM cell state in float32.
+// keep_gates (LSTM training): the activated gates [T, B, 4H] come back in float32; run.saved
+// (training) must be float32: LSTM cell states [T, B, H], GRU ws [T, B, 4H].
 at::Tensor forward_sequence_bfloat16(ForwardRun run, const at::Tensor& x, const at::Tensor& w_ih,
-                                     const at::Tensor& w_hh, const at::Tensor& bias_bf16, bool keep_gates) {
-  const int64_t T = run.T, B = run.B, H = run.H, GH = 4 * H;
-  TORCH_CHECK(run.kind == CellKind::kLstm && engine_runs_bfloat16(x, H),
-              "fastseq recurrent engine: bfloat16 runs LSTM with H even on CPUs with bfloat16 brgemm");
-  TORCH_CHECK(keep_gates == (run.saved != nullptr),
-              "fastseq recurrent engine: bfloat16 training needs the float32 cell-state buffer, inference none");
+                                     const at::Tensor& w_hh, const at::Tensor& bias, bool keep_gates) {
+  const int64_t T = run.T, B = run.B, H = run.H, G = gate_count(run.kind), GH = G * H;
+  const bool lstm = run.kind == CellKind::kLstm;
+  TORCH_CHECK(engine_runs_bfloat16(x, H),
+              "fastseq recurrent engine: bfloat16 runs with H even on CPUs with bfloat16 brgemm");
+  TORCH_CHECK(!lstm || keep_gates == (run.saved != nullptr),
+              "fastseq recurrent engine: bfloat16 LSTM training needs the float32 cell-state buffer, inference none");
   at::Tensor gates = at::empty({keep_gates ? T : 0, B, GH}, x.options().dtype(at::kFloat));
   run.gates = keep_gates ? gates.data_ptr() : nullptr;
-  const at::Tensor packed = pack_forward_weight_bfloat16(w_hh);
-  const at::Tensor bias = bias_bf16.defined() ? bias_bf16.to(at::kFloat) : at::zeros({GH}, x.options().dtype(at::kFloat));
-  at::Tensor c_state = at::from_blob(run.c, {B, H}, x.options());
-  at::Tensor c = c_state.to(at::kFloat);
+  const at::Tensor packed = pack_forward_weight_bfloat16(w_hh, G);
+  const at::Tensor bias_f = bias.defined() ? bias.to(at::kFloat) : at::zeros({GH}, x.options().dtype(at::kFloat));
+  run.bias = bias_f.data_ptr();
+  at::Tensor c_state, c;
+  if (lstm) {
+    c_state = at::from_blob(run.c, {B, H}, x.options());
+    c = c_state.to(at::kFloat);
+  }
   project_by_chunks(run, x, w_ih, [&](const ForwardRun& chunk) {
-    if (B > 0 && H > 0) forward_bfloat16_lstm(chunk, packed, bias.data_ptr<float>(), c.data_ptr<float>());
+    if (B > 0 && H > 0) forward_bfloat16(chunk, packed, bias_f.data_ptr<float>(), lstm ? c.data_ptr<float>() : nullptr);
   });
-  c_state.copy_(c);
+  if (lstm) c_state.copy_(c);
   return gates;
 }
 
@@ -379,7 +384,10 @@ at::Tensor forward_sequence(ForwardRun run, const at::Tensor& x, const at::Tenso
   TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) == GH && w_ih.size(1) == I && w_ih.scalar_type() == dtype,
               "fastseq recurrent engine: w_ih must be a ", dtype, " [", GH, ", ", I, "] tensor, got ",
               w_ih.scalar_type(), " ", w_ih.sizes());
-  TORCH_CHECK(!bias.defined() || (bias.is_contiguous() && bias.numel() == GH && bias.scalar_type() == dtype),
+  // bfloat16 layers may pass a float32 bias (a sum of biases kept unrounded).
+  const bool bias_dtype_ok = bias.defined() && (bias.scalar_type() == dtype ||
+                                                (dtype == at::kBFloat16 && bias.scalar_type() == at::kFloat));
+  TORCH_CHECK(!bias.defined() || (bias.is_contiguous() && bias.numel() == GH && bias_dtype_ok),
               "fastseq recurrent engine: bias must be a contiguous ", dtype, " tensor of ", GH, " elements, got ",
               bias.scalar_type(), " ", bias.sizes());
   run.bias = bias.defined() ? bias.data_ptr() : nullptr;

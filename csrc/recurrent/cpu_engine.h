@@ -7,8 +7,9 @@
 // (large GEMMs over chunks of steps, or accumulated in the step's micro-kernel); the weight
 // gradients stay large GEMMs over all steps in the callers (lstm_layer.cpp, gru_rnn_loops.cpp).
 //
-// Covered: CPU float32 and float64, no LSTM projection (proj_size); callers keep their
-// generic per-step loop for other cases (bfloat16, CUDA, proj_size > 0).
+// Covered: CPU float32 and float64, and bfloat16 on CPUs with bfloat16 brgemm (its steps in
+// cpu_engine_bfloat16.cpp), no LSTM projection (proj_size); callers keep their generic
+// per-step loop for other cases (CUDA, proj_size > 0, bfloat16 elsewhere).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -78,15 +79,17 @@ struct ForwardRun {
 at::Tensor forward_sequence(ForwardRun run, const at::Tensor& x, const at::Tensor& w_ih,
                             const at::Tensor& w_hh, const at::Tensor& bias, bool keep_gates);
 
-// bfloat16 LSTMs on the engine (cpu_engine_bfloat16.cpp): CPU bfloat16 [T, B, I] input,
+// bfloat16 layers on the engine (cpu_engine_bfloat16.cpp): CPU bfloat16 [T, B, I] input,
 // T >= kMinEngineSteps, H even, and oneDNN's bfloat16 brgemm usable on this CPU (AMX or
 // AVX512-BF16) in an AVX-512 build. Elsewhere bfloat16 layers compute in float32.
 bool engine_runs_bfloat16(const at::Tensor& input, int64_t hidden_size);
 bool bfloat16_brgemm_available();
-at::Tensor pack_forward_weight_bfloat16(const at::Tensor& w_hh);
-// The steps [run.s_begin, run.s_end) with run.gx set; bias [4H] and the cell state c [B, H]
-// in float32.
-void forward_bfloat16_lstm(const ForwardRun& run, const at::Tensor& packed, const float* bias, float* c);
+// W_hh [G*H, H] in bfloat16 as the forward steps' VNNI panels [H, G x 16] per 16 units.
+at::Tensor pack_forward_weight_bfloat16(const at::Tensor& w_hh, int64_t gates);
+// The steps [run.s_begin, run.s_end) with run.gx set (bfloat16) and h, out bfloat16; bias
+// [G*H], run.b_hn (GRU), the LSTM cell state c [B, H] (else nullptr) and run.saved /
+// run.gates (training) in float32.
+void forward_bfloat16(const ForwardRun& run, const at::Tensor& packed, const float* bias, float* c);
 
 // How the input projection runs: kAuto (the cost model), kFused (in the steps, where the
 // cell allows it) or kGemm (large GEMMs). Exposed as fastseq._C.set_recurrent_engine_settings.
@@ -122,11 +125,12 @@ void set_min_macs_per_thread(int64_t macs);
 int64_t get_min_macs_per_thread();
 void run_backward(const BackwardRun& run, c10::ScalarType dtype);
 
-// The bfloat16 LSTM backward steps: run as for run_backward with grad_out, dh, dc, gates,
-// cells and c0 in float32 and dgi the bfloat16 dG [.., B, 4H] (zeros in inactive rows);
-// packed = pack_backward_weight_bfloat16(w_hh), W_hh's columns in blocks of 16 units.
+// The bfloat16 backward steps: run as for run_backward with grad_out, h_prev (GRU), out (RNN)
+// and dG (dgi, dgh: zeros in inactive rows) in bfloat16; dh, dc, gates, cells, c0 (LSTM) and
+// ws (GRU) in float32; packed = pack_backward_weight_bfloat16(w_hh), W_hh's columns in
+// blocks of 16 units.
 at::Tensor pack_backward_weight_bfloat16(const at::Tensor& w_hh);
-void backward_bfloat16_lstm(const BackwardRun& run, const at::Tensor& packed);
+void backward_bfloat16(const BackwardRun& run, const at::Tensor& packed);
 
 }  // namespace recurrent
 }  // namespace fastseq

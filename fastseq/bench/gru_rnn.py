@@ -11,7 +11,7 @@ from . import flops, recurrent_grid
 from .harness import BenchCase
 from .recurrent_grid import LayerShape
 
-OPS = ("gru", "rnn", "gru_cell", "rnn_cell")
+OPS = ("gru", "rnn", "gru_cell", "rnn_cell", "gru_bf16", "rnn_bf16")
 
 SMALL = [("gru", "train", 35, 8, 128), ("gru", "infer", 100, 32, 128),
          ("rnn", "train", 100, 32, 128), ("rnn", "infer", 35, 8, 128)]
@@ -19,25 +19,32 @@ SMALL = [("gru", "train", 35, 8, 128), ("gru", "infer", 100, 32, 128),
 SCALING = [(T, 16, 128) for T in (25, 50, 100, 200, 400)] + [(100, 16, H) for H in (64, 256, 512)]
 
 
-def _modules(op, shape, device):
+def _modules(op, shape, device, dtype):
     import fastseq.nn as fnn
 
     torch_cls, fast_cls = {"gru": (torch.nn.GRU, fnn.GRU), "rnn": (torch.nn.RNN, fnn.RNN)}[op]
     kw = dict(num_layers=shape.L, bidirectional=shape.bidirectional, batch_first=shape.batch_first)
-    ref = torch_cls(shape.input_size, shape.H, **kw).to(device)
-    fast = fast_cls(shape.input_size, shape.H, **kw).to(device)
+    ref = torch_cls(shape.input_size, shape.H, **kw).to(device, dtype)
+    fast = fast_cls(shape.input_size, shape.H, **kw).to(device, dtype)
     fast.load_state_dict(ref.state_dict())
     return ref, fast
 
 
-def _case(op, mode, shape, device):
+# bfloat16 cases (full suite, recurrent_grid.BF16): what runs, as lstm.BF16_NOTE says.
+BF16_NOTE = {"infer": "bfloat16 steps on oneDNN brgemm (AMX / AVX512-BF16) where the CPU has it, else float32 compute",
+             "train": "bfloat16 steps on oneDNN brgemm forward and backward (float32 gate math, ws and dh) "
+                      "where the CPU has it, else float32 compute"}
+
+
+def _case(op, mode, shape, device, dtype=torch.float32):
     ref_name = {"gru": "torch.nn.GRU", "rnn": "torch.nn.RNN(tanh)"}[op]
     T, B, H, I = shape.T, shape.B, shape.H, shape.input_size
+    bf16 = dtype == torch.bfloat16
 
     def setup():
-        ref, fast = _modules(op, shape, device)
+        ref, fast = _modules(op, shape, device, dtype)
         size = (B, T, I) if shape.batch_first else (T, B, I)
-        x = torch.randn(*size, device=device, requires_grad=(mode == "train"))
+        x = torch.randn(*size, device=device).to(dtype).requires_grad_(mode == "train")
 
         def runner(module):
             if mode == "infer":
@@ -51,14 +58,15 @@ def _case(op, mode, shape, device):
                     p.grad = None
                 x.grad = None
                 out, h = module(x)
-                (out.square().mean() + h.square().mean()).backward()
+                (out.float().square().mean() + h.float().square().mean()).backward()
                 return [out, h, x.grad] + [p.grad for p in module.parameters()]
             return run
         return runner(ref), runner(fast)
 
-    return BenchCase(op=op, label=shape.label(), mode=mode, reference=ref_name, setup=setup,
+    return BenchCase(op=op + "_bf16" if bf16 else op, label=shape.label(), mode=mode,
+                     reference=ref_name + " bf16" if bf16 else ref_name, setup=setup,
                      flops=flops.recurrent(op, T, B, I, H, shape.L, mode, 2 if shape.bidirectional else 1),
-                     dims=shape.dims())
+                     dims=shape.dims(), note=BF16_NOTE[mode] if bf16 else "")
 
 
 def _cell_case(op, mode, B, H, device):
@@ -105,4 +113,6 @@ def cases(suite, device):
     return ([_case(op, mode, shape, device)
              for op, mode, shape in itertools.product(("gru", "rnn"), ("train", "infer"), recurrent_grid.FULL)]
             + [_cell_case(op, mode, B, H, device)
-               for op, mode, (B, H) in itertools.product(("gru_cell", "rnn_cell"), ("infer", "train"), CELL_SHAPES)])
+               for op, mode, (B, H) in itertools.product(("gru_cell", "rnn_cell"), ("infer", "train"), CELL_SHAPES)]
+            + [_case(op, mode, shape, device, torch.bfloat16)
+               for op, mode, shape in itertools.product(("gru", "rnn"), ("infer", "train"), recurrent_grid.BF16)])

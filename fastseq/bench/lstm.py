@@ -11,8 +11,6 @@ from .harness import BenchCase
 from .recurrent_grid import LayerShape
 
 OPS = ("lstm", "lstm_cell", "lstm_bf16")
-# bfloat16 layers (full suite): module and input in bfloat16 on both sides.
-BF16_GRID = [LayerShape(100, B, H) for B in (1, 8, 64) for H in (64, 256)] + [LayerShape(35, 64, 512)]
 BF16_NOTE = {"infer": "bfloat16 steps on oneDNN brgemm (AMX / AVX512-BF16) where the CPU has it, else float32 compute",
              "train": "bfloat16 steps on oneDNN brgemm forward and backward (float32 gate math and states) "
                       "where the CPU has it, else float32 compute"}
@@ -110,7 +108,7 @@ def cases(suite, device):
                           _layer_setup(shape, mode, device, torch.bfloat16),
                           flops=flops.recurrent("lstm", shape.T, shape.B, shape.H, shape.H, shape.L, mode),
                           dims=shape.dims(), note=BF16_NOTE[mode])
-                for mode in ("infer", "train") for shape in BF16_GRID]
+                for mode in ("infer", "train") for shape in recurrent_grid.BF16]
     out += [BenchCase("lstm_cell", f"one step B={B} I=H={H}", mode, "torch.nn.LSTMCell",
                       _cell_setup(B, H, mode, device), flops=flops.recurrent("lstm", 1, B, H, H, 1, mode),
                       dims=dict(B=B, H=H)) for B, H, mode in cells]

@@ -33,3 +33,6 @@ FULL = [LayerShape(T, B, H) for T, B, H in itertools.product((35, 100), (1, 8, 6
     LayerShape(50, 32, 128, batch_first=True),
     LayerShape(200, 4, 128, L=2, bidirectional=True, batch_first=True),
 ]
+
+# bfloat16 layers (full suite): module and input in bfloat16 on both sides.
+BF16 = [LayerShape(100, B, H) for B in (1, 8, 64) for H in (64, 256)] + [LayerShape(35, 64, 512)]

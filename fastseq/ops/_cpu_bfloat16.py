@@ -6,13 +6,13 @@ faster than the per-step bf16 loop (and than torch's own bf16 LSTM/GRU on CPUs w
 AMX), and keeps the cell state and every sum in float32, so its error against a float64
 reference is that of rounding the inputs and outputs only (docs/numerics.md).
 
-The exception: LSTM layers without projection where the CPU engine runs bfloat16 natively
-on oneDNN's bfloat16 micro-kernels (AMX / AVX512-BF16: `_C.recurrent_engine_runs_bfloat16`),
-3-4x faster than float32 there; the forward rounds h to bfloat16 every step, as torch's bf16
-LSTM does, and keeps the cell state and the sums in float32. In training it saves the
-activated gates and cell states in float32; backward runs the pointwise backward in
-float32, dG W_hh as bfloat16 brgemms into float32, and the GEMMs over all steps (dx, dW_ih,
-dW_hh) in bfloat16."""
+The exception: LSTM (without projection), GRU and RNN layers where the CPU engine runs
+bfloat16 natively on oneDNN's bfloat16 micro-kernels (AMX / AVX512-BF16:
+`_C.recurrent_engine_runs_bfloat16`), 3-4x faster than float32 there; the forward rounds h
+to bfloat16 every step, as torch's bf16 layers do, and keeps the cell state and the sums in
+float32. In training it saves what backward reads (LSTM gates and cell states, GRU r, z, n,
+W_hn h + b_hn) in float32; backward runs the pointwise backward in float32, dG W_hh as
+bfloat16 brgemms into float32, and the GEMMs over all steps (dx, dW_ih, dW_hh) in bfloat16."""
 import functools
 
 import torch

@@ -12,7 +12,7 @@ from ._autocast import autocast_as, register_custom_op_autocast
 from ._double_backward import create_graph_requested, recomputed_grads
 from ._route import use_custom_op
 from .reference_gru_rnn import gru_layer_reference
-from ._gru_rnn_common import fake_backward_grads, accumulation_dtype, needs_grad, zeros_if_none
+from ._gru_rnn_common import runs_bfloat16, fake_backward_grads, accumulation_dtype, needs_grad, zeros_if_none
 
 
 @torch.library.custom_op("fastseq::gru_forward", mutates_args=())
@@ -104,7 +104,7 @@ class _GRUEager(torch.autograd.Function):
 
 
 @autocast_as("gru")
-@bfloat16_in_float32_on_cpu
+@bfloat16_in_float32_on_cpu(native=runs_bfloat16)
 def gru(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
         b_hh: Optional[Tensor] = None, batch_sizes: Optional[Tensor] = None,
         reverse: bool = False) -> Tuple[Tensor, Tensor]:

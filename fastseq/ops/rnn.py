@@ -13,7 +13,7 @@ from ._autocast import autocast_as, register_custom_op_autocast
 from ._double_backward import create_graph_requested, recomputed_grads
 from ._route import use_custom_op
 from .reference_gru_rnn import rnn_layer_reference
-from ._gru_rnn_common import fake_backward_grads, needs_grad, zeros_if_none
+from ._gru_rnn_common import runs_bfloat16, fake_backward_grads, needs_grad, zeros_if_none
 
 
 @torch.library.custom_op("fastseq::rnn_forward", mutates_args=())
@@ -100,7 +100,7 @@ class _RNNEager(torch.autograd.Function):
 
 
 @autocast_as("rnn")
-@bfloat16_in_float32_on_cpu
+@bfloat16_in_float32_on_cpu(native=runs_bfloat16)
 def rnn(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
         b_hh: Optional[Tensor] = None, batch_sizes: Optional[Tensor] = None, reverse: bool = False,
         nonlinearity: str = "tanh") -> Tuple[Tensor, Tensor]:
