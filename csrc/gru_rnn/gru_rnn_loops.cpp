@@ -25,19 +25,14 @@ namespace fastseq {
 namespace gru_rnn {
 namespace {
 
-// 8 MB, not 2: at B=64 H=512 a backward step's buffers (dG_i, dG_h, h_prev) are 0.5-0.9 MB,
-// so 2 MB chunks held 2-4 steps and the weight-gradient GEMMs summed over only 128-256 rows:
-// training T=35 B=64 H=512 (2-core Xeon, AMX) measured GRU bfloat16 0.97-0.99x -> 1.21-1.34x
-// torch, RNN float32 1.03x -> 1.16-1.18x, GRU float32 unchanged within noise.
-constexpr int64_t kChunkBytes = 8 << 20;
-
 // Time index of the s-th step in processing order.
 inline int64_t step_time(const SequencePlan& plan, int64_t s, int64_t T) {
   return plan.reverse ? T - 1 - s : s;
 }
 
 inline int64_t chunk_steps(int64_t T, int64_t bytes_per_step) {
-  return std::clamp<int64_t>(kChunkBytes / std::max<int64_t>(bytes_per_step, 1), 1, std::max<int64_t>(T, 1));
+  return std::clamp<int64_t>(recurrent::kChunkBytes / std::max<int64_t>(bytes_per_step, 1), 1,
+                             std::max<int64_t>(T, 1));
 }
 
 // First time index of the chunk holding processing steps [s_begin, s_begin + n).

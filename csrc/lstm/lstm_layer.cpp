@@ -60,14 +60,6 @@ bool saved_float32_for_backward(const at::Tensor& input, const at::Tensor& gates
   return input.is_cpu() && input.scalar_type() == at::kBFloat16 && gates.scalar_type() == at::kFloat && !proj;
 }
 
-namespace {
-
-// The per-step path's inference projects the input in chunks of steps of at most this many
-// elements (8 MB of float32), as the engine does (recurrent/cpu_engine.cpp, kChunkBytes).
-constexpr int64_t kInferenceChunkElements = int64_t(1) << 21;
-
-}  // namespace
-
 std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& input,
                                       const at::Tensor& h0, const at::Tensor& c0,
                                       const at::Tensor& w_ih, const at::Tensor& w_hh,
@@ -102,11 +94,12 @@ std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& inp
   }
   // All timesteps' input projections (plus both biases) in one GEMM; each step adds its
   // recurrent term and leaves the activated gates there for backward. Inference needs no
-  // history, so it projects chunks of steps (kInferenceChunkElements) into one buffer.
+  // history, so it projects chunks of steps (recurrent::kChunkBytes) into one buffer.
   at::Tensor x2d = input.contiguous().view({T * B, I});
   const int64_t chunk = save_for_backward
                             ? T
-                            : std::max<int64_t>(1, kInferenceChunkElements / std::max<int64_t>(1, B * G));
+                            : std::max<int64_t>(1, recurrent::kChunkBytes /
+                                                       std::max<int64_t>(1, B * G * input.element_size()));
   at::Tensor gates;
   int64_t chunk_lo = 0, chunk_hi = 0;  // the steps [chunk_lo, chunk_hi) held in `gates`
   if (save_for_backward) {

@@ -296,11 +296,6 @@ std::atomic<int>& input_projection_mode() {
   return mode;
 }
 
-// Without the fused projection, the input projection of this many bytes of steps at a time:
-// a bounded buffer that malloc reuses (no fresh pages per call) and GEMMs of hundreds of
-// rows (1 MB chunks measured 3-8% slower than 8 MB at LSTM B=64, H=256).
-constexpr int64_t kChunkBytes = int64_t(8) << 20;
-
 // The cost model of the fused input projection. Fused, a step's micro-kernel reads
 // [x_t | h_{t-1}] against [W_ih | W_hh]: no [T, B, G*H] buffer to write and read back, no
 // separate GEMM, but each thread's weight panels grow by I / H and must still stay in its L2
