@@ -15,6 +15,7 @@
 #include "common/cpu_activations.h"
 #include "gru_rnn/gru_rnn_math.h"
 #include "lstm/lstm_math.h"
+#include "recurrent/cpu_engine.h"
 #include "recurrent/cpu_step_gemm.h"
 
 namespace fastseq {
@@ -82,6 +83,30 @@ struct BackwardStep {
   S* dgh;             // GRU [B, 3H]
   int64_t H;
 };
+
+// What backward step t (a time index) of `run` reads and writes: per-step slices of the
+// run's buffers for a G-gate cell, computing in T with activations stored in S.
+template <int G, class T, class S>
+BackwardStep<T, S> backward_step_at(const BackwardRun& run, int64_t t) {
+  const int64_t B = run.B, H = run.H, GH = G * H, tb = t - run.buf_t0;
+  BackwardStep<T, S> step{static_cast<const S*>(run.grad_out) + t * B * H, static_cast<T*>(run.dh),
+                          static_cast<T*>(run.dc), nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                          static_cast<S*>(run.dgi) + tb * B * GH, static_cast<S*>(run.dgh) + tb * B * GH, H};
+  if constexpr (G == 4) {
+    const bool forward_first = run.reverse ? t == run.T - 1 : t == 0;
+    const int64_t t_prev = run.reverse ? t + 1 : t - 1;
+    const T* cells = static_cast<const T*>(run.cells);
+    step.gates = static_cast<const T*>(run.gates) + t * B * GH;
+    step.c = cells + t * B * H;
+    step.c_prev = forward_first ? static_cast<const T*>(run.c0) : cells + t_prev * B * H;
+  } else if constexpr (G == 3) {
+    step.ws = static_cast<const T*>(run.ws) + t * B * 4 * H;
+    step.h_prev = static_cast<const S*>(run.h_prev) + tb * B * H;
+  } else {
+    step.h_new = static_cast<const S*>(run.out) + t * B * H;
+  }
+  return step;
+}
 
 struct LstmPolicy {
   static constexpr int kGates = 4;

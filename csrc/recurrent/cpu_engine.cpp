@@ -133,10 +133,7 @@ void backward_impl(const BackwardRun& run) {
   constexpr int64_t W = kW<T>;
   constexpr int G = Cell::kGates;
   const int64_t T_ = run.T, B = run.B, H = run.H, GH = G * H, ncb = (H + W - 1) / W;
-  const T* const grad_out = static_cast<const T*>(run.grad_out);
   T* const dh = static_cast<T*>(run.dh);
-  T* const dgi = static_cast<T*>(run.dgi);
-  T* const dgh = static_cast<T*>(run.dgh);
   const T* const panels = run.packed->data_ptr<T>();
   const int threads = team_size_for(B * GH * H);
 
@@ -147,23 +144,8 @@ void backward_impl(const BackwardRun& run) {
       // Backward undoes the forward's order: its first step is the forward's last.
       const int64_t t = time_of(s, T_, !run.reverse), rows = rows_at(run.rows, t, B);
       if (rows == 0) continue;
-      const int64_t tb = t - run.buf_t0;
       const bool forward_first = run.reverse ? t == T_ - 1 : t == 0;
-      const int64_t t_prev = run.reverse ? t + 1 : t - 1;
-      BackwardStep<T> step{grad_out + t * B * H, dh, static_cast<T*>(run.dc), nullptr, nullptr,
-                           nullptr, nullptr, nullptr, nullptr, dgi + tb * B * GH,
-                           dgh + tb * B * GH, H};
-      if constexpr (G == 4) {
-        const T* cells = static_cast<const T*>(run.cells);
-        step.gates = static_cast<const T*>(run.gates) + t * B * GH;
-        step.c = cells + t * B * H;
-        step.c_prev = forward_first ? static_cast<const T*>(run.c0) : cells + t_prev * B * H;
-      } else if constexpr (G == 3) {
-        step.ws = static_cast<const T*>(run.ws) + t * B * 4 * H;
-        step.h_prev = static_cast<const T*>(run.h_prev) + tb * B * H;
-      } else {
-        step.h_new = static_cast<const T*>(run.out) + t * B * H;
-      }
+      const BackwardStep<T> step = backward_step_at<G, T, T>(run, t);
       const Tiling tiling(ncb, per_tile, rows, static_cast<int>(per_tile));
       int64_t begin, end;
       split_range(tiling.tasks(), tid, team, begin, end);

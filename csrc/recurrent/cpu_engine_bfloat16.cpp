@@ -89,10 +89,7 @@ template <class Cell>
 void backward_steps(const BackwardRun& run, const at::Tensor& packed) {
   constexpr int G = Cell::kGates;
   const int64_t T_ = run.T, B = run.B, H = run.H, GH = G * H, nub = (H + kUnits - 1) / kUnits;
-  const bf16* const grad_out = static_cast<const bf16*>(run.grad_out);
   float* const dh = static_cast<float*>(run.dh);
-  bf16* const dgi = static_cast<bf16*>(run.dgi);
-  bf16* const dgh = static_cast<bf16*>(run.dgh);
   const bf16* const panels = packed.data_ptr<bf16>();
   const int threads = team_size_for(B * GH * H);
   // Each thread owns blocks of units for all rows and steps: it writes their dG columns and
@@ -106,22 +103,8 @@ void backward_steps(const BackwardRun& run, const at::Tensor& packed) {
     for (int64_t s = run.s_begin; s < run.s_end; ++s) {
       const int64_t t = run.reverse ? s : T_ - 1 - s, rows = run.rows ? run.rows[t] : B;
       if (rows == 0) continue;
-      const int64_t tb = t - run.buf_t0;
       const bool forward_first = run.reverse ? t == T_ - 1 : t == 0;
-      const int64_t t_prev = run.reverse ? t + 1 : t - 1;
-      BackwardStep<float, bf16> step{grad_out + t * B * H, dh, static_cast<float*>(run.dc), nullptr, nullptr,
-                                     nullptr, nullptr, nullptr, nullptr, dgi + tb * B * GH, dgh + tb * B * GH, H};
-      if constexpr (G == 4) {
-        const float* cells = static_cast<const float*>(run.cells);
-        step.gates = static_cast<const float*>(run.gates) + t * B * GH;
-        step.c = cells + t * B * H;
-        step.c_prev = forward_first ? static_cast<const float*>(run.c0) : cells + t_prev * B * H;
-      } else if constexpr (G == 3) {
-        step.ws = static_cast<const float*>(run.ws) + t * B * 4 * H;
-        step.h_prev = static_cast<const bf16*>(run.h_prev) + tb * B * H;
-      } else {
-        step.h_new = static_cast<const bf16*>(run.out) + t * B * H;
-      }
+      const BackwardStep<float, bf16> step = backward_step_at<G, float, bf16>(run, t);
       for (int64_t ub = ub0; ub < ub1; ++ub) {
         const int64_t u = ub * kUnits;
         const int n = static_cast<int>(std::min(kUnits, H - u));
