@@ -54,13 +54,6 @@ at::Tensor rows_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts, boo
   return packed ? at::zeros(sizes, opts) : at::empty(sizes, opts);
 }
 
-// True when the CPU sequence engine runs this layer: float32 / float64, or bfloat16 on its
-// bfloat16 steps (forward and backward decide alike, so what forward saved is what backward
-// reads).
-bool on_engine(const at::Tensor& x, int64_t H) {
-  return recurrent::engine_supports(x) || recurrent::engine_runs_bfloat16(x, H);
-}
-
 // The CPU sequence engine (recurrent/cpu_engine.h) in place of the per-step loop: the input
 // projection (bias folded into its epilogue) and every step. gx_bias and b_hn are in the
 // compute dtype (float32 for a bfloat16 layer). Returns h_n.
@@ -260,7 +253,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_loop(
   at::Tensor out = rows_buffer({T, B, H}, opts, plan.packed);
   at::Tensor ws = need_workspace ? rows_buffer({T, B, 4 * H}, acc_opts, plan.packed) : at::empty({0}, acc_opts);
   const auto dtype = x.scalar_type();
-  if (on_engine(x, H)) {
+  if (recurrent::engine_runs(x, H)) {
     // b_hr and b_hz fold into the input projection; b_hn stays inside r * (W_hn h + b_hn).
     const auto acc = acc_opts.dtype().toScalarType();
     at::Tensor gx_bias = b_ih.to(acc, /*non_blocking=*/false, /*copy=*/true);
@@ -284,7 +277,7 @@ std::vector<at::Tensor> gru_backward_loop(
     const at::Tensor& out, const at::Tensor& ws, const SequencePlan& plan, bool need_input_grad,
     bool need_hx_grad) {
   const int64_t H = h0.size(1);
-  const bool engine = on_engine(x, H);
+  const bool engine = recurrent::engine_runs(x, H);
   at::Tensor dh = engine_dh(grad_hy, engine);
   const auto dtype = x.scalar_type();
   WeightGrads g = backward_steps(
@@ -305,7 +298,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward_loop(
   at::Tensor h = h0.clone();
   at::Tensor out = rows_buffer({T, B, H}, x.options(), plan.packed);
   const auto dtype = x.scalar_type();
-  if (on_engine(x, H)) {
+  if (recurrent::engine_runs(x, H)) {
     const auto acc = at::toOpMathType(dtype);
     h = engine_forward(relu ? recurrent::CellKind::kRnnRelu : recurrent::CellKind::kRnnTanh, x, h0, w_ih,
                        w_hh, at::add(b_ih.to(acc), b_hh.to(acc)), at::Tensor(), plan, out, nullptr);
@@ -323,7 +316,7 @@ std::vector<at::Tensor> rnn_backward_loop(
     const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const at::Tensor& out, const SequencePlan& plan, bool relu, bool need_input_grad, bool need_hx_grad) {
   const int64_t H = h0.size(1);
-  const bool engine = on_engine(x, H);
+  const bool engine = recurrent::engine_runs(x, H);
   at::Tensor dh = engine_dh(grad_hy, engine);
   const auto dtype = x.scalar_type();
   WeightGrads g = backward_steps(

@@ -79,7 +79,7 @@ std::vector<at::Tensor> layer_forward(const Pointwise& pw, const at::Tensor& inp
   const auto saved_opts = bf16_engine ? opts.dtype(at::kFloat) : opts;
   at::Tensor cells = save_for_backward ? at::empty({T, B, H}, saved_opts) : at::empty({0}, saved_opts);
   at::Tensor c_state = c0.clone(at::MemoryFormat::Contiguous);
-  if (!proj && (recurrent::engine_supports(input) || bf16_engine)) {
+  if (!proj && recurrent::engine_runs(input, H)) {
     // The sequence engine: the input projection and every step (recurrent/cpu_engine.h).
     at::Tensor h_buf = at::empty({2, B, H}, opts);
     h_buf.select(0, 0).copy_(h0);

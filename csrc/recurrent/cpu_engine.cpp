@@ -259,6 +259,10 @@ bool engine_supports(const at::Tensor& input) {
          input.dim() == 3 && input.size(0) >= kMinEngineSteps;
 }
 
+bool engine_runs(const at::Tensor& input, int64_t hidden_size) {
+  return engine_supports(input) || engine_runs_bfloat16(input, hidden_size);
+}
+
 at::Tensor pack_forward_weight(const at::Tensor& weight, int64_t gates) {
   const at::Tensor w = weight.contiguous();
   TORCH_CHECK(w.dim() == 2 && w.size(0) % gates == 0, "fastseq recurrent engine: the weight must be [",

@@ -44,6 +44,9 @@ constexpr int64_t gate_count(CellKind kind) {
 // the engine vs 0.97-3.9x per step; GRU / RNN at T = 1 0.77-1.07x vs 0.94-1.28x.
 constexpr int64_t kMinEngineSteps = 4;
 bool engine_supports(const at::Tensor& input);
+// True when the engine runs a layer of this input and hidden size: engine_supports, or
+// bfloat16 on its bfloat16 steps (engine_runs_bfloat16). Forward and backward decide alike.
+bool engine_runs(const at::Tensor& input, int64_t hidden_size);
 
 // A weight [G*H, K] (W_hh, or W_ih for the fused input projection) in the layout of the
 // forward step GEMM (gate columns of one unit block side by side), and W_hh [G*H, H] in the
